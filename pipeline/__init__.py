@@ -1,0 +1,1 @@
+"""ScriptForge's Kafka side: topics, codecs, the invocation agent, registry, client, CLI."""

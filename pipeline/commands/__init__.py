@@ -1,0 +1,1 @@
+"""One module per ``scriptforge`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,94 @@
+"""One typed settings object, read once at the edge (CLI or process start) and passed inward.
+
+Each field documents itself and names its environment variable, so ``scriptforge --help`` and
+operators see the same thing. Nothing below the edge reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+def _env_field(default: object, env: str, doc: str) -> object:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = _env_field(  # type: ignore[assignment]
+        "localhost:9092", "SCRIPTFORGE_BROKER", "Kafka bootstrap servers, host:port[,host:port]"
+    )
+    data_dir: Path = _env_field(  # type: ignore[assignment]
+        Path(".scriptforge"), "SCRIPTFORGE_DATA_DIR", "where the local broker, state and logs live"
+    )
+    http: str = _env_field(  # type: ignore[assignment]
+        "127.0.0.1:8080", "SCRIPTFORGE_HTTP", "host:port of the control-plane HTTP API and console"
+    )
+    topic_prefix: str = _env_field(  # type: ignore[assignment]
+        "scriptforge", "SCRIPTFORGE_TOPIC_PREFIX", "prefix of every topic name (scriptforge.invocations, ...)"
+    )
+    partitions: int = _env_field(  # type: ignore[assignment]
+        8, "SCRIPTFORGE_PARTITIONS", "partitions of the invocations topic (and its co-partitioned tables)"
+    )
+    sandbox_processes: int = _env_field(  # type: ignore[assignment]
+        0, "SCRIPTFORGE_SANDBOX_PROCESSES", "sandbox processes per worker (0 = one per core)"
+    )
+    max_attempts: int = _env_field(  # type: ignore[assignment]
+        3, "SCRIPTFORGE_MAX_ATTEMPTS", "runs of a request that crash before it is dead-lettered"
+    )
+    metrics_port: int = _env_field(  # type: ignore[assignment]
+        9464, "SCRIPTFORGE_METRICS_PORT", "Prometheus metrics port of a worker (0 = off)"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from the environment, then apply explicit overrides (flags win)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.metadata["env"], raw, f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server (used by the local broker)."""
+        first = self.broker.split(",")[0]
+        try:
+            return int(first.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            raise ConfigError(
+                f"SCRIPTFORGE_BROKER={self.broker!r} is not host:port; set it like localhost:9092"
+            ) from None
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical name such as ``invocations``."""
+        return f"{self.topic_prefix}.{name}"
+
+    @staticmethod
+    def describe() -> str:
+        """Help text listing every setting with its environment variable."""
+        lines = []
+        for f in fields(Settings):
+            lines.append(f"  {f.metadata['env']:<32} {f.metadata['doc']} (default {f.default})")
+        return "\n".join(lines)
+
+
+def _convert(name: str, env: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a whole number (setting {name})") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw

@@ -1,0 +1,1 @@
+"""Avro schemas (.avsc) of everything ScriptForge puts on a topic."""
