@@ -43,3 +43,27 @@ class BrokerError(ScriptForgeError):
 
 class NotAvailableError(ScriptForgeError):
     """A command or capability that is not built yet."""
+
+
+class CodecError(ScriptForgeError):
+    """A message could not be encoded or decoded with the Avro schemas (pipeline.codec).
+
+    ``dead_letter_reason`` is the DeadLetter.reason a consumer records for it. Not retriable: the same
+    bytes fail the same way.
+    """
+
+    dead_letter_reason: str = "malformed"
+
+
+class UnknownSchemaError(CodecError):
+    """The message names (by fingerprint) a schema this process does not know, or one of another record
+    type: deploy the schema file (schemas/history/) to the readers first, or check the topic."""
+
+    dead_letter_reason = "unknown_schema"
+
+
+class MalformedMessageError(CodecError):
+    """The bytes are not a valid message: no single-object marker, truncated, undecodable body, or a
+    required field missing."""
+
+    dead_letter_reason = "malformed"
