@@ -185,9 +185,10 @@ class SchemaCatalogue:
     def names(self) -> list[str]:
         return sorted(self._current)
 
-    def identify(self, data: bytes, where: str | None = None) -> SchemaVersion:
+    def identify(self, data: bytes | None, where: str | None = None) -> SchemaVersion:
         """The schema that wrote ``data``, checking the header only (e.g. to route or inspect a message)."""
         _check_header(data, where, None)
+        assert data is not None  # _check_header raised otherwise
         fp = bytes(data[2:HEADER_SIZE])
         version = self._by_fingerprint.get(fp)
         if version is None:
@@ -229,15 +230,16 @@ class Codec(Generic[T]):
             raise CodecError(f"cannot encode {type(obj).__name__} as {self._name}: {exc}") from exc
         return fo.getvalue()
 
-    def decode(self, data: bytes, where: str | None = None) -> T:
+    def decode(self, data: bytes | None, where: str | None = None) -> T:
         """The record in ``data``, read with the writer schema its fingerprint names, resolved into the
         current schema. ``where`` (e.g. ``codec.where(topic, partition, offset)``) goes into error messages.
 
         Raises MalformedMessageError (no marker, truncated, undecodable body, trailing bytes) or
         UnknownSchemaError (fingerprint not known, or of another record type, or not resolvable).
         """
-        if data[:2] != MARKER or len(data) < HEADER_SIZE:
+        if not data or data[:2] != MARKER or len(data) < HEADER_SIZE:
             _check_header(data, where, self._name)
+            assert data is not None  # _check_header raised otherwise
         fp = data[2:HEADER_SIZE]
         if fp == self.current.fingerprint:
             writer = self._schema
@@ -261,6 +263,11 @@ class Codec(Generic[T]):
                 f"{self._name} ({self.current.origin}): {exc}"
             ) from None
         except Exception as exc:
+            if fo.tell() >= len(data):  # fastavro ran off the end (e.g. IndexError inside a varint)
+                raise MalformedMessageError(
+                    f"{_on(where)} is truncated: its {len(data)} bytes end inside the {version.describe()} "
+                    f"body"
+                ) from None
             raise MalformedMessageError(
                 f"{_on(where)} has a body that is not a valid {version.describe()}: "
                 f"{type(exc).__name__}: {exc}"
@@ -295,7 +302,8 @@ def _check_header(data: bytes | None, where: str | None, expected: str | None) -
         f"an Avro single-object encoded {expected}" if expected else "an Avro single-object encoded message"
     )
     if not data:
-        raise MalformedMessageError(f"{_on(where)} is empty (expected {what})")
+        state = "empty" if data is not None else "null (no value)"
+        raise MalformedMessageError(f"{_on(where)} is {state} (expected {what})")
     if data[:2] != MARKER[: len(data[:2])]:
         hint = "; it looks like JSON text" if data[:1] in (b"{", b"[") else ""
         raise MalformedMessageError(
