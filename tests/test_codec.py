@@ -8,7 +8,7 @@ import io
 import json
 import struct
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fastavro import schemaless_writer
@@ -280,7 +280,7 @@ def test_current_writer_is_read_by_an_older_reader() -> None:
 
     @dataclasses.dataclass
     class OldRequest:  # the record type an old build would have had: no request_id
-        SCHEMA = InvocationRequest.SCHEMA
+        SCHEMA: ClassVar[str] = InvocationRequest.SCHEMA
         data: dict[str, Any]
 
         def to_dict(self) -> dict[str, Any]:
@@ -413,7 +413,7 @@ def test_codec_errors_are_scriptforge_errors_and_not_retriable() -> None:
 
 
 def test_encoding_a_bad_value_names_the_record() -> None:
-    bad = dataclasses.replace(REQUEST, deadline_ms="soon")
+    bad = dataclasses.replace(REQUEST, deadline_ms="soon")  # type: ignore[arg-type]
     with pytest.raises(
         CodecError, match=r"cannot encode InvocationRequest as scriptforge\.InvocationRequest"
     ):
