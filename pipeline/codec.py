@@ -140,8 +140,8 @@ class SchemaCatalogue:
     ) -> SchemaVersion:
         """Make ``schema`` (a dict, or JSON text) known; ``current=True`` makes it its record's reader schema.
 
-        Registering the same schema again is harmless. Codecs already made keep the current version they
-        were made with.
+        Registering the same schema again is harmless. A record has one current version: registering a
+        different one as current is a CodecError (register it as a plain writer version instead).
         """
         raw: Any = json.loads(schema) if isinstance(schema, str) else dict(schema)
         origin = origin or "registered at run time"
