@@ -70,6 +70,8 @@ class Invocation:
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     function: str | None = None
     deadline_ms: int | None = None
+    #: the variables already as JSON text (from a Kafka message): passed through without re-encoding
+    vars_json: bytes | None = None
 
 
 @dataclass

@@ -1,0 +1,441 @@
+"""A supervised pool of sandbox processes, driven from asyncio.
+
+Each process runs one invocation at a time and keeps warm contexts for the scripts routed to it; a
+script goes preferably to a process that already has it warm. The parent owns the wall clock: a run
+that overruns its deadline (plus a small grace for the child to report it itself) gets its process
+killed and replaced, and so does a process that dies. Host calls arrive here as messages and are
+answered by the run's ``HostSession``; the deadline covers them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+from sandbox.errors import PoolClosedError
+from sandbox.host import Host, HostCallError, HostSession
+from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
+
+_REASONS = {r.value: r for r in Reason}
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    processes: int = 0  # 0: cores + 2, so two hostile scripts cannot take every process
+    #: the child reports its own timeouts; the parent kills it this long after the deadline
+    grace_ms: float = 50.0
+    max_response_chars: int = 1_000_000
+    address_space_mb: int = 2048
+    seccomp: bool = True
+    spawn_timeout_s: float = 20.0
+
+
+class _Process:
+    """The parent's handle on one sandbox process."""
+
+    def __init__(self, pool: SandboxPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.proc: Any = None
+        self.conn: Any = None
+        self.pid = 0
+        self.alive = False
+        self.busy = False
+        self.warm: set[str] = set()
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._inbox: deque[bytes] = deque()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent_sock, child_sock = socket.socketpair()
+        config = {"address_space_mb": self.pool.config.address_space_mb, "seccomp": self.pool.config.seccomp}
+        # A fresh interpreter per process (not fork): the parent has Kafka client threads, and a
+        # fork of a threaded process is unsafe; exec also leaves the child nothing but what it needs.
+        argv = [sys.executable, "-m", "sandbox.child", str(child_sock.fileno()), json.dumps(config)]
+        try:
+            proc = await loop.run_in_executor(
+                None,
+                functools.partial(
+                    subprocess.Popen,
+                    argv,
+                    pass_fds=(child_sock.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    close_fds=True,
+                    start_new_session=False,
+                ),
+            )
+        finally:
+            child_sock.close()
+        self.proc, self.conn = proc, Connection(parent_sock.detach())
+        self.pid = proc.pid
+        self.warm.clear()
+        self._inbox.clear()
+        loop.add_reader(self.conn.fileno(), self._on_readable)
+        ready = await self.recv(self.pool.config.spawn_timeout_s)
+        if ready[:1] != b"R":
+            raise RuntimeError(f"sandbox process sent {ready[:1]!r} instead of ready")
+        self.alive = True
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._died()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(data)
+        else:
+            self._inbox.append(data)
+
+    def _died(self) -> None:
+        self._detach()
+        self.alive = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(EOFError("sandbox process died"))
+        if not self.busy:
+            self.pool._replace_later(self)
+
+    def _detach(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            with contextlib.suppress(OSError):
+                self.conn.close()
+
+    async def recv(self, timeout: float) -> bytes:
+        """Next message from the process; TimeoutError after ``timeout`` s, EOFError if it died."""
+        if self._inbox:
+            return self._inbox.popleft()
+        if not self.alive and self.conn is not None and self.conn.closed:
+            raise EOFError("sandbox process died")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._waiter = fut
+        timer = loop.call_later(max(timeout, 0.0), _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def send(self, data: bytes) -> None:
+        self.conn.send_bytes(data)
+
+    def kill(self) -> None:
+        self._detach()
+        self.alive = False
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def exit_signal(self) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return None
+        return -code if code < 0 else None
+
+
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class SandboxPool:
+    """Runs invocations in supervised sandbox processes. Use ``async with SandboxPool(...)``."""
+
+    def __init__(
+        self, host: Host | None = None, processes: int | None = None, config: PoolConfig | None = None
+    ) -> None:
+        cfg = config or PoolConfig()
+        if processes is not None:
+            cfg = PoolConfig(**{**cfg.__dict__, "processes": processes})
+        self.config = cfg
+        self._host = host
+        count = cfg.processes or (os.cpu_count() or 2) + 2
+        self._procs = [_Process(self, i) for i in range(count)]
+        self._idle_waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+        self._run_seq = 0
+        self._restarts = 0
+        self._runs = 0
+        self._replacing: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> SandboxPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await asyncio.gather(*(p.start() for p in self._procs))
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._replacing):
+            task.cancel()
+        for p in self._procs:
+            p.kill()
+        for w in self._idle_waiters:
+            if not w.done():
+                w.set_exception(PoolClosedError("sandbox pool closed"))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, p.exit_signal) for p in self._procs))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "processes": len(self._procs),
+            "alive": sum(p.alive for p in self._procs),
+            "busy": sum(p.busy for p in self._procs),
+            "restarts": self._restarts,
+            "runs": self._runs,
+        }
+
+    # ---- running -------------------------------------------------------------------------
+    async def run(self, script: Script, invocation: Invocation) -> Outcome:
+        started = time.monotonic()
+        budget_ms = float(script.timeout_ms)
+        if invocation.deadline_ms is not None:
+            left = invocation.deadline_ms - time.time() * 1000.0
+            if left <= 0:
+                return Outcome.failure(Reason.EXPIRED, 408, f"deadline passed {-left:.0f} ms before the run")
+            budget_ms = min(budget_ms, left)
+        deadline = started + budget_ms / 1000.0
+        proc = await self._acquire(script.key, deadline)
+        if proc is None:
+            return Outcome.failure(
+                Reason.TIMEOUT,
+                408,
+                "no sandbox process became free within the time limit",
+                duration_ms=(time.monotonic() - started) * 1000.0,
+            )
+        session = self._session(script, invocation)
+        try:
+            outcome = await self._execute(proc, script, invocation, deadline, session)
+        finally:
+            self._release(proc)
+        if session is not None:
+            await session.finish(outcome)
+        self._runs += 1
+        return outcome
+
+    def _session(self, script: Script, invocation: Invocation) -> HostSession | None:
+        if self._host is None or script.type == ScriptType.SCRIPT:
+            return None
+        return self._host.session(script, invocation)
+
+    async def _acquire(self, key: str, deadline: float) -> _Process | None:
+        while True:
+            if self._closed:
+                raise PoolClosedError("sandbox pool closed")
+            proc = self._pick(key)
+            if proc is not None:
+                proc.busy = True
+                return proc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(fut)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, remaining)
+
+    def _pick(self, key: str) -> _Process | None:
+        free = [p for p in self._procs if p.alive and not p.busy]
+        if not free:
+            return None
+        for p in free:
+            if key in p.warm:
+                return p
+        home = self._procs[hash(key) % len(self._procs)]
+        if home in free:
+            return home
+        return min(free, key=lambda p: len(p.warm))
+
+    def _release(self, proc: _Process) -> None:
+        proc.busy = False
+        if not proc.alive:
+            self._replace_later(proc)
+        while self._idle_waiters:
+            w = self._idle_waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                break
+
+    def _replace_later(self, proc: _Process) -> None:
+        if self._closed:
+            return
+        proc.alive = False
+        proc.busy = True  # not eligible until replaced
+        self._restarts += 1
+        task = asyncio.get_running_loop().create_task(self._replace(proc))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, proc: _Process) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, proc.exit_signal)
+        while not self._closed:
+            try:
+                await proc.start()
+                break
+            except Exception:
+                await asyncio.sleep(0.5)
+        proc.busy = False
+        self._release(proc)
+
+    async def _execute(
+        self, proc: _Process, script: Script, inv: Invocation, deadline: float, session: HostSession | None
+    ) -> Outcome:
+        self._run_seq += 1
+        run_id = self._run_seq
+        budget_ms = max((deadline - time.monotonic()) * 1000.0, 0.0)
+        meta: dict[str, Any] = {
+            "run_id": run_id,
+            "key": script.key,
+            "call_id": inv.call_id,
+            "now_ms": inv.now_ms,
+            "budget_ms": budget_ms,
+            "function": inv.function,
+            "max_response_chars": self.config.max_response_chars,
+        }
+        if script.key not in proc.warm:
+            meta["spec"] = _spec(script)
+        vars_json = inv.vars_json if inv.vars_json is not None else _dumps_vars(inv.vars)
+        if isinstance(vars_json, Outcome):
+            return vars_json
+        hard_deadline = deadline + self.config.grace_ms / 1000.0
+        started = time.monotonic()
+        try:
+            proc.send(b"X" + orjson.dumps(meta) + b"\n" + vars_json)
+            while True:
+                msg = await proc.recv(hard_deadline - time.monotonic())
+                kind = msg[:1]
+                if kind == b"D":
+                    proc.warm.add(script.key)
+                    return _outcome(msg)
+                if kind == b"C":
+                    _, _, calls = msg[1:].partition(b"\n")
+                    results = await self._host_calls(session, orjson.loads(calls), hard_deadline)
+                    proc.send(b"H" + results)
+                elif kind == b"N":
+                    proc.send(b"S" + orjson.dumps(_spec(script)))
+        except TimeoutError:
+            proc.kill()
+            return Outcome.failure(
+                Reason.TIMEOUT,
+                408,
+                f"run exceeded its time limit of {budget_ms:.0f} ms (sandbox process replaced)",
+                duration_ms=(time.monotonic() - started) * 1000.0,
+            )
+        except (EOFError, OSError):
+            proc.kill()
+            sig = await asyncio.get_running_loop().run_in_executor(None, proc.exit_signal)
+            what = f"signal {signal.Signals(sig).name}" if sig else "an unexpected exit"
+            return Outcome.failure(
+                Reason.CRASH,
+                500,
+                f"the sandbox process died ({what}) while running the script",
+                duration_ms=(time.monotonic() - started) * 1000.0,
+            )
+
+    async def _host_calls(
+        self, session: HostSession | None, calls: list[list[Any]], deadline: float
+    ) -> bytes:
+        async def one(call: list[Any]) -> list[Any]:
+            call_id, method, args = call[0], call[1], call[2]
+            if session is None:
+                return [call_id, False, [501, f"{method} is not available to this script"]]
+            try:
+                return [call_id, True, await session.call(method, list(args or []))]
+            except HostCallError as exc:
+                return [call_id, False, [exc.code, exc.message]]
+            except Exception as exc:  # a host fault must reach the script as a rejection, not kill the run
+                return [call_id, False, [500, f"{method} failed: {exc}"]]
+
+        timeout = max(deadline - time.monotonic(), 0.0)
+        if len(calls) == 1:
+            results = [await asyncio.wait_for(one(calls[0]), timeout)]
+        else:
+            results = await asyncio.wait_for(asyncio.gather(*(one(c) for c in calls)), timeout)
+        return orjson.dumps(results)
+
+    async def probe_isolation(self) -> dict[str, Any]:
+        """Asks an idle sandbox process what it can do (open, socket, fork, descriptors, limits)."""
+        proc = await self._acquire("__probe__", time.monotonic() + 5.0)
+        if proc is None:
+            raise PoolClosedError("no sandbox process free for the probe")
+        try:
+            proc.send(b"P")
+            msg = await proc.recv(5.0)
+            return dict(orjson.loads(msg[1:]))
+        finally:
+            self._release(proc)
+
+
+def _spec(script: Script) -> dict[str, Any]:
+    env = dict(script.env)
+    env.update(
+        SCRIPTFORGE_ID=f"{script.account}/{script.name}" if script.account else script.name,
+        SCRIPTFORGE_NAME=script.name,
+        SCRIPTFORGE_VERSION=str(script.version),
+    )
+    return {"source": script.source, "type": str(script.type), "env": env, "memory_mb": script.memory_mb}
+
+
+def _dumps_vars(value: Any) -> bytes | Outcome:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return Outcome.failure(Reason.RUNTIME, 400, f"invocation variables are not JSON: {exc}")
+
+
+def _outcome(msg: bytes) -> Outcome:
+    head, _, body = msg[1:].partition(b"\n")
+    meta = orjson.loads(head)
+    duration = float(meta.get("ms", 0.0))
+    error = meta.get("error")
+    if error is not None:
+        return Outcome.failure(
+            _REASONS.get(error["reason"], Reason.RUNTIME),
+            int(error["code"]),
+            str(error["message"]),
+            logs=meta.get("logs") or [],
+            duration_ms=duration,
+            line=error.get("line"),
+            column=error.get("column"),
+        )
+    data = orjson.loads(body)
+    result = data.get("result") or {}
+    logs = data.get("logs") or []
+    if result.get("ok"):
+        return Outcome.success(
+            result.get("value"), logs=logs, duration_ms=duration, outbound=data.get("outbound") or []
+        )
+    err = result.get("error") or {}
+    return Outcome.failure(
+        _REASONS.get(str(err.get("kind")), Reason.RUNTIME),
+        int(err.get("code") or 500),
+        str(err.get("message")),
+        logs=logs,
+        duration_ms=duration,
+    )
