@@ -579,7 +579,8 @@ def _first_maven_error(output: str) -> str:
             if text and not text.startswith(
                 ("->", "To see the full", "Re-run Maven", "For more information")
             ):
-                return text
+                text = re.sub(r"\s*-> \[Help \d+\]$", "", text)
+                return re.sub(r"^Failed to execute goal on project [\w.-]+: ", "", text)
     return _first_meaningful(_ANSI.sub("", output)) or "mvn failed without a message"
 
 
