@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -65,7 +66,9 @@ def test_produce_and_consume_keeps_per_key_order(kafka_bootstrap: str, topic_fac
         assert [v for k, v in got if k == key] == [v for k, v in sent if k == key]
 
 
-async def test_faust_agent_consumes_and_produces(kafka_bootstrap: str, topic_factory: Any) -> None:
+async def test_faust_agent_consumes_and_produces(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
     source = topic_factory("faust-in", partitions=2)
     sink = topic_factory("faust-out", partitions=2)
     app_id = f"sf-test-{uuid.uuid4().hex[:10]}"
@@ -75,6 +78,7 @@ async def test_faust_agent_consumes_and_produces(kafka_bootstrap: str, topic_fac
         app_id,
         broker=f"kafka://{kafka_bootstrap}",
         store="memory://",
+        datadir=str(tmp_path / "faust"),  # the default is ./<app id>-data
         web_enabled=False,
         autodiscover=False,
         topic_partitions=2,
