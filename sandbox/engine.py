@@ -59,6 +59,7 @@ class ScriptContext:
     ) -> None:
         self._ctx = quickjs.Context()
         self._ctx.set_memory_limit(memory_mb * 1024 * 1024)
+        self.memory_mb = memory_mb
         self._ctx.set_max_stack_size(MAX_STACK_BYTES)
         prelude = (
             _PRELUDE.replace("__SF_TYPE__", json.dumps(script_type))
@@ -88,7 +89,14 @@ class ScriptContext:
 
     def start(self, vars_json: str, now_ms: int, seed_a: int, seed_b: int, function: str | None) -> None:
         self.runs += 1
-        self._start(vars_json, now_ms, seed_a, seed_b, function or "")
+        # as a float: the binding passes Python ints as 32-bit integers
+        self._start(vars_json, float(now_ms), seed_a, seed_b, function or "")
+
+    def near_memory_limit(self) -> bool:
+        """Whether the context has used nearly all its memory: an error it raised then (even a bare
+        ``null`` the engine throws when it cannot allocate the error) is the memory limit's doing."""
+        usage = self._ctx.memory()
+        return bool(usage["malloc_size"] >= 0.9 * usage["malloc_limit"])
 
     def run_one_job(self) -> bool:
         return bool(self._ctx.execute_pending_job())

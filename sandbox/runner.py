@@ -9,6 +9,7 @@ prelude, so the response is serialised once, in JavaScript.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +26,9 @@ HostChannel = Callable[[str, float], str]
 #: how long code a script leaves queued after completing may run (with no effects) before its
 #: context is thrown away instead
 LEFTOVER_BUDGET_S = 0.05
+
+
+_NULL_WORD = re.compile(r"\bnull\b")
 
 
 class RunDeadline(Exception):
@@ -140,8 +144,27 @@ class Runner:
                 500,
                 f"could not serialise the response: {message}",
             )
-        self._last = (req.key, ctx)
+        if '"ok":false' in text[:40] and self._ran_out_of_memory(text, spec, ctx):
+            return self._fail(
+                req.key, ctx, "memory", 500, f"run exceeded its memory limit of {spec.memory_mb} MB"
+            )
+        if '"kind":"memory"' in text[:80]:
+            self._contexts.pop(req.key, None)  # a context that ran out of memory is not reused
+        else:
+            self._last = (req.key, ctx)
         return RunResult(result_json=text)
+
+    @staticmethod
+    def _ran_out_of_memory(text: str, spec: ScriptSpec, ctx: ScriptContext) -> bool:
+        """An error that is the memory limit's doing though the script saw something else.
+
+        When QuickJS cannot even allocate its out-of-memory error it throws ``null``; by the time the
+        run ends the memory is freed again. A ``null`` thrown by a script whose source never mentions
+        null can only be that.
+        """
+        if '"kind":"runtime","code":500,"message":"null"}' in text[:120]:
+            return _NULL_WORD.search(spec.source) is None
+        return ctx.near_memory_limit()
 
     def _create(self, req: RunRequest, spec: ScriptSpec, deadline: float) -> ScriptContext | RunResult:
         try:

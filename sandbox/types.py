@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import cached_property
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -49,7 +50,7 @@ class Script:
     env: Mapping[str, str] = field(default_factory=dict)
     account: str = ""
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identity of this exact code and configuration: warm contexts are cached under it."""
         digest = hashlib.blake2b(self.source.encode(), digest_size=8).hexdigest()

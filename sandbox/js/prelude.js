@@ -11,17 +11,34 @@
   const isArray = Array.isArray;
   const PromiseCtor = Promise;
   const promiseThen = Promise.prototype.then;
+  const promiseResolve = Promise.resolve;
+  const promiseReject = Promise.reject;
   const RealDate = Date;
   const defineProperty = Object.defineProperty;
   const objectKeys = Object.keys;
   const StringCtor = String;
   const ErrorCtor = Error;
+  const InternalErrorCtor = typeof InternalError === 'function' ? InternalError : Error;
   const MAX_DEPTH = 1000;
+  // Reflect.apply and the methods below are captured now, so a script that replaces
+  // Function.prototype.call, Array.prototype.push or String.prototype.slice later cannot reach us.
+  const apply = Reflect.apply;
+  const construct = Reflect.construct;
+  const regexpExec = RegExp.prototype.exec;
+  const stringSlice = String.prototype.slice;
+  const arraySlice = Array.prototype.slice;
+  const objectToString = Object.prototype.toString;
+  const hasOwn = Object.prototype.hasOwnProperty;
+  const NumberCtor = Number;
+  const isInteger = Number.isInteger;
+  const createNull = Object.create;
+  function args(list) { return apply(arraySlice, list, []); }
+  function append(list, item) { list[list.length] = item; }
 
   // Per-run state. `run.id` guards every callback: anything left from an earlier run is inert.
   let run = { id: 0, done: true };
   let nextCallId = 0;
-  const waiting = new Map(); // host call id -> {resolve, reject, runId}
+  const waiting = createNull(null); // host call id -> {resolve, reject, runId}
 
   function describe(value) {
     if (value === undefined) return 'undefined';
@@ -38,30 +55,28 @@
         if (text !== undefined && text !== '{}') return text;
       } catch (e) { /* fall through */ }
     }
-    try { return StringCtor(value); } catch (e) { return Object.prototype.toString.call(value); }
+    try { return StringCtor(value); } catch (e) { return apply(objectToString, value, []); }
   }
 
   // Checks nesting without recursion: QuickJS's own JSON.stringify recurses natively and can
   // overflow the C stack (SIGSEGV) on a deeply nested value, under any limit.
   function tooDeep(value) {
     if (value === null || typeof value !== 'object') return false;
-    const stack = [[value, 1]];
+    const values = [value];
+    const depths = [1];
+    let top = 1;
     let seen = 0;
-    while (stack.length) {
-      const [v, depth] = stack.pop();
+    while (top > 0) {
+      top--;
+      const v = values[top];
+      const depth = depths[top];
       if (depth > MAX_DEPTH) return true;
       if (++seen > 2000000) return false; // large but flat: let the memory limit judge it
-      if (isArray(v)) {
-        for (let i = 0; i < v.length; i++) {
-          const c = v[i];
-          if (c !== null && typeof c === 'object') stack.push([c, depth + 1]);
-        }
-      } else {
-        const keys = objectKeys(v);
-        for (let i = 0; i < keys.length; i++) {
-          const c = v[keys[i]];
-          if (c !== null && typeof c === 'object') stack.push([c, depth + 1]);
-        }
+      const keys = isArray(v) ? null : objectKeys(v);
+      const n = keys === null ? v.length : keys.length;
+      for (let i = 0; i < n; i++) {
+        const c = keys === null ? v[i] : v[keys[i]];
+        if (c !== null && typeof c === 'object') { values[top] = c; depths[top] = depth + 1; top++; }
       }
     }
     return false;
@@ -73,12 +88,14 @@
   }
   defineProperty(JSON, 'stringify', { value: safeStringify, writable: true, configurable: true });
 
+  const SIP_PATTERN = /^([1-6]\d\d)(?:\s+([\s\S]*))?$/;
+
   // ---- completion -------------------------------------------------------------------------
   function sipError(e) {
     // [code, message] / '404 Not Found' / Error('404 Not Found'); anything else is a 500.
     if (isArray(e) && e.length > 0) {
-      const code = Number(e[0]);
-      if (Number.isInteger(code) && code >= 100 && code <= 699) {
+      const code = NumberCtor(e[0]);
+      if (isInteger(code) && code >= 100 && code <= 699) {
         return { kind: 'script', code: code, message: e.length > 1 ? describe(e[1]) : '' };
       }
       return { kind: 'runtime', code: 500, message: describe(e.length > 1 ? e[1] : e[0]) };
@@ -87,7 +104,7 @@
     if (typeof e === 'string') text = e;
     else if (e instanceof ErrorCtor) text = StringCtor(e.message);
     if (text !== undefined) {
-      const m = /^([1-6]\d\d)(?:\s+([\s\S]*))?$/.exec(text);
+      const m = apply(regexpExec, SIP_PATTERN, [text]);
       if (m) return { kind: 'script', code: Number(m[1]), message: m[2] || '' };
     }
     return { kind: 'runtime', code: 500, message: describe(e) };
@@ -102,6 +119,11 @@
   function completeError(runId, e) {
     if (run.id !== runId || run.done) return;
     run.done = true;
+    // The engine's out-of-memory error is catchable; whoever caught it, the run hit its memory limit.
+    if (e instanceof InternalErrorCtor && e.message === 'out of memory') {
+      run.result = { ok: false, error: { kind: 'memory', code: 500, message: 'run exceeded its memory limit' } };
+      return;
+    }
     run.result = { ok: false, error: sipError(e) };
   }
 
@@ -118,8 +140,8 @@
           text += describe(arguments[i]);
           if (text.length > logLimits.chars) break;
         }
-        if (text.length > logLimits.chars) text = text.slice(0, logLimits.chars) + '…';
-        run.logs.push({ level: level === 'debug' ? 'log' : level, message: text });
+        if (text.length > logLimits.chars) text = apply(stringSlice, text, [0, logLimits.chars]) + '…';
+        append(run.logs, { level: level === 'debug' ? 'log' : level, message: text });
       };
     });
     return out;
@@ -129,8 +151,7 @@
   let nowMs = 0;
   function FrozenDate() {
     if (!new.target) return new RealDate(nowMs).toString();
-    const args = arguments.length === 0 ? [nowMs] : Array.prototype.slice.call(arguments);
-    return Reflect.construct(RealDate, args, new.target);
+    return construct(RealDate, arguments.length === 0 ? [nowMs] : args(arguments), new.target);
   }
   FrozenDate.prototype = RealDate.prototype;
   FrozenDate.now = function () { return nowMs; };
@@ -149,32 +170,32 @@
   }
 
   // ---- host calls --------------------------------------------------------------------------
-  function hostCall(method, args) {
+  function hostCall(method, params) {
     const runId = run.id;
     if (run.done) return new PromiseCtor(function () {});
     return new PromiseCtor(function (resolve, reject) {
       const id = ++nextCallId;
-      waiting.set(id, { resolve: resolve, reject: reject, runId: runId });
-      run.calls.push([id, method, args]);
+      waiting[id] = { resolve: resolve, reject: reject, runId: runId };
+      append(run.calls, [id, method, params]);
     });
   }
 
   function sendCall(channel) {
     return function (params) {
       if (run.done) return new PromiseCtor(function () {});
-      if (run.outbound.length >= 100) return PromiseCtor.reject([429, 'Too many outbound messages in one run']);
+      if (run.outbound.length >= 100) return apply(promiseReject, PromiseCtor, [[429, 'Too many outbound messages in one run']]);
       let copy;
       try { copy = JSONparse(safeStringify(params === undefined ? null : params)); } catch (e) {
-        return PromiseCtor.reject([400, 'api.send.' + channel + ' needs JSON parameters: ' + describe(e)]);
+        return apply(promiseReject, PromiseCtor, [[400, 'api.send.' + channel + ' needs JSON parameters: ' + describe(e)]]);
       }
       const id = run.outbound.length + 1;
-      run.outbound.push({ channel: channel, params: copy });
-      return PromiseCtor.resolve({ status: 'queued', id: id });
+      append(run.outbound, { channel: channel, params: copy });
+      return apply(promiseResolve, PromiseCtor, [{ status: 'queued', id: id }]);
     };
   }
 
   function lookup(name) {
-    return function () { return hostCall('lookup.' + name, Array.prototype.slice.call(arguments)); };
+    return function () { return hostCall('lookup.' + name, args(arguments)); };
   }
 
   function makeApi() {
@@ -212,16 +233,16 @@
     };
     const cxKV = { kv: kv, ko: ko, incr: function (key, by, expire) { return datastore.incr(key, by, expire); } };
     function userspace(op) {
-      return function () { return hostCall('userspace.' + op, Array.prototype.slice.call(arguments)); };
+      return function () { return hostCall('userspace.' + op, args(arguments)); };
     }
     const cxUserspace = {
       create: userspace('create'), read: userspace('read'), update: userspace('update'), delete: userspace('delete'),
     };
     const modules = { cxKV: cxKV, cxUserspace: cxUserspace };
-    const missing = ['cxRest', 'cxOriginate', 'cxCall', 'cxLookup', 'axios', 'moment', 'lodash', 'request'];
+    const missing = { cxRest: 1, cxOriginate: 1, cxCall: 1, cxLookup: 1, axios: 1, moment: 1, lodash: 1, request: 1 };
     return function require(name) {
-      if (Object.prototype.hasOwnProperty.call(modules, name)) return modules[name];
-      if (missing.indexOf(name) >= 0) {
+      if (apply(hasOwn, modules, [name])) return modules[name];
+      if (apply(hasOwn, missing, [name])) {
         throw new ErrorCtor("require('" + name + "') is not offered by ScriptForge yet (the hosted product's " +
           'npm whitelist and platform REST helpers are not available); offered: cxKV, cxUserspace');
       }
@@ -263,7 +284,9 @@
   function entryFunction(name) {
     if (scriptType === 'driver') {
       const mod = global.module;
-      for (const table of [mod && mod.exports, mod && mod.export, global.exports]) {
+      const tables = [mod && mod.exports, mod && mod.export, global.exports];
+      for (let i = 0; i < tables.length; i++) {
+        const table = tables[i];
         if (table && (typeof table === 'object' || typeof table === 'function') && typeof table[name] === 'function') {
           return table[name];
         }
@@ -275,12 +298,17 @@
 
   function driverFunctions() {
     const names = [];
-    for (const table of [global.module && global.module.exports, global.module && global.module.export]) {
+    const tables = [global.module && global.module.exports, global.module && global.module.export];
+    for (let i = 0; i < tables.length; i++) {
+      const table = tables[i];
       if (table && typeof table === 'object') {
-        for (const k of objectKeys(table)) if (typeof table[k] === 'function') names.push(k);
+        const keys = objectKeys(table);
+        for (let j = 0; j < keys.length; j++) if (typeof table[keys[j]] === 'function') append(names, keys[j]);
       }
     }
-    return names;
+    let text = '';
+    for (let i = 0; i < names.length; i++) text += (i ? ', ' : '') + names[i];
+    return text;
   }
 
   // ---- the protocol with the host ------------------------------------------------------------
@@ -309,22 +337,22 @@
       if (fn === null) {
         run.done = true;
         let message = scriptType === 'driver'
-          ? "driver has no function '" + name + "' in module.exports (it has: " + (driverFunctions().join(', ') || 'none') + ')'
+          ? "driver has no function '" + name + "' in module.exports (it has: " + (driverFunctions() || 'none') + ')'
           : "script defines no function '" + name + "'";
         run.result = { ok: false, error: { kind: 'not_found', code: 404, message: message } };
         return;
       }
       let returned;
       try {
-        returned = fn.call(undefined, data);
+        returned = apply(fn, undefined, [data]);
       } catch (e) {
         completeError(runId, e);
         return;
       }
       if (returned !== null && (typeof returned === 'object' || typeof returned === 'function') &&
           typeof returned.then === 'function') {
-        promiseThen.call(PromiseCtor.resolve(returned),
-          function (v) { completeOk(runId, v); }, function (e) { completeError(runId, e); });
+        apply(promiseThen, apply(promiseResolve, PromiseCtor, [returned]), [
+          function (v) { completeOk(runId, v); }, function (e) { completeError(runId, e); }]);
       } else if (returned !== undefined) {
         completeOk(runId, returned);
       } else {
@@ -338,14 +366,16 @@
       run.calls = [];
       try { return JSONstringify(calls); } catch (e) {
         // unserialisable arguments: reject those calls instead of breaking the protocol
-        for (const c of calls) settleOne(c[0], false, [400, 'host call arguments are not JSON: ' + describe(e)]);
+        for (let i = 0; i < calls.length; i++) {
+          settleOne(calls[i][0], false, [400, 'host call arguments are not JSON: ' + describe(e)]);
+        }
         return '';
       }
     },
     // Settles host calls: JSON text of [[id, ok, value], ...].
     settle: function (resultsJson) {
       const results = JSONparse(resultsJson);
-      for (const r of results) settleOne(r[0], r[1], r[2]);
+      for (let i = 0; i < results.length; i++) settleOne(results[i][0], results[i][1], results[i][2]);
     },
     isDone: function () { return run.done; },
     returnedUndefined: function () { return run.returnedUndefined; },
@@ -359,33 +389,64 @@
     },
     abandon: function () { run.done = true; },
     // The result as JSON text: {ok, value} | {ok:false, error:{kind, code, message}}, logs, outbound.
+    // The result as JSON text: {"result": {ok, value} | {ok:false, error}, "logs": [...], "outbound": [...]}.
+    // Built by concatenation from strings the prelude made, so a tampered prototype (toJSON, say)
+    // can reshape the script's own response but never the envelope.
     result: function (maxBytes) {
       let r = run.result || { ok: false, error: { kind: 'runtime', code: 500, message: 'run did not complete' } };
-      if (r.ok && tooDeep(r.value)) {
-        r = { ok: false, error: { kind: 'runtime', code: 500, message: 'response nested deeper than ' + MAX_DEPTH + ' levels' } };
+      let head;
+      if (r.ok) {
+        let value;
+        try {
+          if (tooDeep(r.value)) {
+            r = failure('runtime', 500, 'response nested deeper than ' + MAX_DEPTH + ' levels');
+          } else {
+            value = JSONstringify(r.value);
+            if (value === undefined) value = 'null';
+          }
+        } catch (e) {
+          r = failure('runtime', 500, 'response is not JSON: ' + describe(e));
+        }
+        if (r.ok) head = '{"ok":true,"value":' + value + '}';
       }
-      const logs = run.logs;
-      if (run.logsDropped) logs.push({ level: 'warn', message: '[' + run.logsDropped + ' more log lines dropped]' });
-      let text;
-      try {
-        text = JSONstringify({ result: r, logs: logs, outbound: r.ok ? run.outbound : [] });
-      } catch (e) {
-        text = JSONstringify({ result: { ok: false, error: { kind: 'runtime', code: 500,
-          message: 'response is not JSON: ' + describe(e) } }, logs: logs, outbound: [] });
+      if (!r.ok) head = errorJson(r.error);
+      let logs = '';
+      for (let i = 0; i < run.logs.length; i++) {
+        logs += (i ? ',' : '') + '{"level":' + JSONstringify(StringCtor(run.logs[i].level)) +
+          ',"message":' + JSONstringify(StringCtor(run.logs[i].message)) + '}';
       }
+      if (run.logsDropped) {
+        logs += (logs ? ',' : '') + '{"level":"warn","message":"[' + run.logsDropped + ' more log lines dropped]"}';
+      }
+      let outbound = '';
+      if (r.ok) {
+        for (let i = 0; i < run.outbound.length; i++) {
+          let params;
+          try { params = JSONstringify(run.outbound[i].params); } catch (e) { params = 'null'; }
+          outbound += (i ? ',' : '') + '{"channel":' + JSONstringify(StringCtor(run.outbound[i].channel)) +
+            ',"params":' + (params === undefined ? 'null' : params) + '}';
+        }
+      }
+      let text = '{"result":' + head + ',"logs":[' + logs + '],"outbound":[' + outbound + ']}';
       if (text.length > maxBytes) {
-        text = JSONstringify({ result: { ok: false, error: { kind: 'memory', code: 500,
-          message: 'response and logs are ' + text.length + ' characters, over the limit of ' + maxBytes } },
-          logs: [], outbound: [] });
+        text = '{"result":' + errorJson({ kind: 'memory', code: 500, message: 'response and logs are ' +
+          text.length + ' characters, over the limit of ' + maxBytes }) + ',"logs":[],"outbound":[]}';
       }
       return text;
     },
   };
 
+  function failure(kind, code, message) { return { ok: false, error: { kind: kind, code: code, message: message } }; }
+
+  function errorJson(error) {
+    return '{"ok":false,"error":{"kind":' + JSONstringify(StringCtor(error.kind)) + ',"code":' +
+      (NumberCtor(error.code) || 500) + ',"message":' + JSONstringify(StringCtor(error.message)) + '}}';
+  }
+
   function settleOne(id, ok, value) {
-    const w = waiting.get(id);
+    const w = waiting[id];
     if (!w) return;
-    waiting.delete(id);
+    delete waiting[id];
     if (w.runId !== run.id || run.done) return;
     if (ok) w.resolve(value); else w.reject(value);
   }

@@ -1,0 +1,35 @@
+"""``scriptforge bench sandbox|pipeline``: benchmarks that print their figures and ratios as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from pipeline.errors import NotAvailableError
+from pipeline.settings import Settings
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
+    p.add_argument("target", choices=["sandbox", "pipeline"], help="what to measure")
+    p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
+    p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, settings: Settings) -> int:
+    if args.target == "sandbox":
+        from sandbox.bench import bench, format_report
+
+        report = asyncio.run(bench(args.runs, args.processes))
+        print(format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    try:
+        from pipeline.bench import run_pipeline_bench  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:
+        raise NotAvailableError("scriptforge bench pipeline is not available yet in this version") from None
+    return int(run_pipeline_bench(args, settings))

@@ -1,0 +1,247 @@
+"""``scriptforge bench sandbox``: the sandbox's speed against its physical limit, in one run.
+
+The limit of a process-isolated run is one round trip over the channel to a child doing no work plus
+the same script run in-process in QuickJS. Both are measured here beside the pool's warm and cold runs,
+so the ratios hold on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sandbox.pool import SandboxPool
+from sandbox.runner import RunRequest, Runner, ScriptSpec
+from sandbox.types import Invocation, Script
+
+ROUTING_SCRIPT = """
+async function main(data) {
+  const r = data.routing;
+  if (r.dest_number.startsWith('1900')) throw new Error('403 Premium numbers barred');
+  r.egress_routing = r.egress_routing.filter(function (d) { return d.gw; });
+  r.headers = [{ key: 'X-Screened', value: 'yes' }];
+  return data;
+}
+"""
+
+HOSTILE_SCRIPT = "function main() { while (true) {} }"
+
+ROUTING_VARS = {
+    "routing": {
+        "dest_number": "15551234567",
+        "cli": "15557654321",
+        "account_id": "acme",
+        "server": "sbc-1",
+        "egress_routing": [
+            {"gw": {"gw1": {"cli": "15557654321"}}, "headers": []},
+            {"gw": {"gw2": {"cli": "15557654321"}}},
+        ],
+    }
+}
+
+_ECHO_CHILD = (
+    "import sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "c = Connection(int(sys.argv[1]))\n"
+    "while True:\n"
+    "    try:\n"
+    "        c.send_bytes(c.recv_bytes())\n"
+    "    except EOFError:\n"
+    "        break\n"
+)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    n = len(ordered)
+    return {
+        "p50_us": round(ordered[n // 2] * 1e6, 1),
+        "p99_us": round(ordered[min(n - 1, int(n * 0.99))] * 1e6, 1),
+        "mean_us": round(statistics.fmean(ordered) * 1e6, 1),
+    }
+
+
+async def _timed(n: int, step: Callable[[int], Awaitable[Any]]) -> list[float]:
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        await step(i)
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+async def bare_round_trip(n: int) -> list[float]:
+    """Round trips of a request-sized message to a child that does nothing, as the pool does them."""
+    loop = asyncio.get_running_loop()
+    parent_sock, child_sock = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_CHILD, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),)
+    )
+    child_sock.close()
+    conn = Connection(parent_sock.detach())
+    payload = b"X" + json.dumps(ROUTING_VARS).encode()
+    waiter: list[asyncio.Future[bytes]] = []
+
+    def readable() -> None:
+        data = conn.recv_bytes()
+        waiter[0].set_result(data)
+
+    loop.add_reader(conn.fileno(), readable)
+
+    async def step(_: int) -> None:
+        waiter[:] = [loop.create_future()]
+        conn.send_bytes(payload)
+        await waiter[0]
+
+    try:
+        await _timed(200, step)
+        return await _timed(n, step)
+    finally:
+        loop.remove_reader(conn.fileno())
+        conn.close()
+        proc.wait(timeout=5)
+
+
+def in_process(n: int) -> list[float]:
+    """The same script and prelude run in this process: the engine's share of a run."""
+
+    def no_host(calls: str, deadline: float) -> str:
+        raise RuntimeError("no host calls in the benchmark script")
+
+    runner = Runner(no_host)
+    runner.learn("bench", ScriptSpec(source=ROUTING_SCRIPT, type="app", env={}, memory_mb=100))
+    vars_json = json.dumps(ROUTING_VARS)
+    samples = []
+    for i in range(n + 200):
+        req = RunRequest(
+            run_id=i,
+            key="bench",
+            vars_json=vars_json,
+            call_id=f"c{i}",
+            now_ms=1_700_000_000_000,
+            budget_ms=2000,
+        )
+        t = time.perf_counter()
+        result = runner.run(req)
+        json.loads(result.result_json)
+        if i >= 200:
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
+async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
+    report: dict[str, Any] = {"runs": n, "cores": os.cpu_count()}
+    bare = percentiles(await bare_round_trip(n))
+    inproc = percentiles(in_process(n))
+    script = Script(name="routing", source=ROUTING_SCRIPT, account="bench")
+    vars_json = json.dumps(ROUTING_VARS).encode()
+
+    async with SandboxPool(processes=processes or None) as pool:
+
+        async def warm_step(i: int) -> None:
+            outcome = await pool.run(script, Invocation(vars=None, vars_json=vars_json, call_id=f"w{i}"))
+            assert outcome.ok, outcome.message
+
+        await _timed(300, warm_step)
+        warm = percentiles(await _timed(n, warm_step))
+
+        async def cold_step(i: int) -> None:
+            fresh = Script(name=f"cold{i}", source=ROUTING_SCRIPT + f"\n// {i}\n", account="bench")
+            outcome = await pool.run(fresh, Invocation(vars=None, vars_json=vars_json, call_id=f"c{i}"))
+            assert outcome.ok, outcome.message
+
+        cold = percentiles(await _timed(min(n, 300), cold_step))
+        throughput = await _throughput(pool, vars_json, seconds=3.0)
+        beside = await _beside_hostile(pool, vars_json, n=min(n, 1000))
+        report["pool_processes"] = pool.stats()["processes"]
+
+    limit_p50 = bare["p50_us"] + inproc["p50_us"]
+    limit_p99 = bare["p99_us"] + inproc["p99_us"]
+    report.update(
+        bare_round_trip=bare,
+        in_process=inproc,
+        warm=warm,
+        cold=cold,
+        limit_p50_us=round(limit_p50, 1),
+        warm_p50_vs_limit=round(warm["p50_us"] / limit_p50, 2),
+        warm_p99_vs_limit=round(warm["p99_us"] / limit_p99, 2),
+        warm_p50_vs_in_process=round(warm["p50_us"] / inproc["p50_us"], 2),
+        cold_p50_ms=round(cold["p50_us"] / 1000, 2),
+        throughput_runs_per_s=throughput,
+        **beside,
+    )
+    return report
+
+
+async def _throughput(pool: SandboxPool, vars_json: bytes, seconds: float) -> float:
+    """Runs of eight scripts kept in flight at once, as a worker's lanes would."""
+    scripts = [Script(name=f"tp{i}", source=ROUTING_SCRIPT, account="bench") for i in range(8)]
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def lane(s: Script) -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await pool.run(s, Invocation(vars=None, vars_json=vars_json, call_id="tp"))
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(lane(s) for s in scripts))
+    return round(done / (time.monotonic() - started), 1)
+
+
+async def _beside_hostile(pool: SandboxPool, vars_json: bytes, n: int) -> dict[str, Any]:
+    """p99 of a normal script alone, then with an endless loop running beside it the whole time."""
+    script = Script(name="neighbour", source=ROUTING_SCRIPT, account="bench")
+
+    async def step(i: int) -> None:
+        await pool.run(script, Invocation(vars=None, vars_json=vars_json, call_id=f"n{i}"))
+
+    await _timed(100, step)
+    alone = percentiles(await _timed(n, step))
+    hostile = Script(name="hostile", source=HOSTILE_SCRIPT, account="bench", timeout_ms=200)
+    stop = asyncio.Event()
+
+    async def attacker() -> int:
+        count = 0
+        while not stop.is_set():
+            await pool.run(hostile, Invocation(vars={}, call_id="h"))
+            count += 1
+        return count
+
+    task = asyncio.create_task(attacker())
+    await asyncio.sleep(0.05)
+    beside = percentiles(await _timed(n, step))
+    stop.set()
+    hostile_runs = await task
+    return {
+        "neighbour_alone": alone,
+        "neighbour_beside_hostile": beside,
+        "hostile_runs": hostile_runs,
+        "hostile_p99_ratio": round(beside["p99_us"] / alone["p99_us"], 2),
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"bare round trip       p50 {r['bare_round_trip']['p50_us']:8.1f} us  p99 {r['bare_round_trip']['p99_us']:8.1f} us",
+        f"in-process QuickJS    p50 {r['in_process']['p50_us']:8.1f} us  p99 {r['in_process']['p99_us']:8.1f} us",
+        f"pool warm run         p50 {r['warm']['p50_us']:8.1f} us  p99 {r['warm']['p99_us']:8.1f} us"
+        f"  ({r['warm_p50_vs_limit']}x the limit of {r['limit_p50_us']} us at p50, {r['warm_p99_vs_limit']}x at p99)",
+        f"pool cold run         p50 {r['cold']['p50_us']:8.1f} us  p99 {r['cold']['p99_us']:8.1f} us",
+        f"pool throughput       {r['throughput_runs_per_s']} runs/s on {r['cores']} cores "
+        f"({r['pool_processes']} sandbox processes)",
+        f"neighbour p99 alone {r['neighbour_alone']['p99_us']} us, beside an endless loop "
+        f"{r['neighbour_beside_hostile']['p99_us']} us: {r['hostile_p99_ratio']}x "
+        f"({r['hostile_runs']} hostile runs killed meanwhile)",
+    ]
+    return "\n".join(lines)
