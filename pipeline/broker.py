@@ -153,6 +153,7 @@ class LocalBroker:
         heap: str = "512m",
         start_timeout: float = 90.0,
         stop_timeout: float = 30.0,
+        probe_timeout: float = 2.0,
     ) -> None:
         self.settings = settings
         self.host, self.port = split_host_port(settings.broker)
@@ -161,6 +162,8 @@ class LocalBroker:
         self.heap = heap
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        #: how long a listener on the port may stay silent before it counts as "not Kafka"
+        self.probe_timeout = probe_timeout
         self.home = Path(settings.data_dir).resolve() / "kafka"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -396,7 +399,7 @@ class LocalBroker:
 
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
-        probe = probe_kafka("127.0.0.1", self.port)
+        probe = probe_kafka("127.0.0.1", self.port, self.probe_timeout)
         common = {"address": self.address, "controller_port": self.controller_port, "data_dir": self.home}
         if pid is not None and probe == "kafka":
             return BrokerStatus("running", pid=pid, since=self._started_at(), **common)  # type: ignore[arg-type]
@@ -418,7 +421,7 @@ class LocalBroker:
             self._wait_ready(pid)  # ours, perhaps still starting
             return self.status()
         self._clear_pid()
-        probe = probe_kafka("127.0.0.1", self.port)
+        probe = probe_kafka("127.0.0.1", self.port, self.probe_timeout)
         if probe == "kafka":
             return self.status()  # someone else's broker: use it
         if probe == "other":
@@ -493,7 +496,7 @@ class LocalBroker:
         pid = self._read_pid()
         if pid is None or not self._alive(pid):
             self._clear_pid()
-            if probe_kafka("127.0.0.1", self.port) == "kafka":
+            if probe_kafka("127.0.0.1", self.port, self.probe_timeout) == "kafka":
                 return (
                     f"no local broker from {self.home} runs; "
                     f"the Kafka broker on {self.address} is not ours, left alone"

@@ -77,6 +77,7 @@ def test_restarted_broker_keeps_its_data(own_broker: LocalBroker) -> None:
 
 
 def test_port_taken_by_something_else_is_a_config_error(own_broker: LocalBroker) -> None:
+    own_broker.probe_timeout = 0.5  # the squatter never answers: no need to wait the default 2 s
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", own_broker.port))
