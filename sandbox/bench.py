@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from sandbox.pool import SandboxPool
-from sandbox.runner import RunRequest, Runner, ScriptSpec
+from sandbox.runner import Runner, RunRequest, ScriptSpec
 from sandbox.types import Invocation, Script
 
 ROUTING_SCRIPT = """
@@ -232,16 +232,21 @@ async def _beside_hostile(pool: SandboxPool, vars_json: bytes, n: int) -> dict[s
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [
-        f"bare round trip       p50 {r['bare_round_trip']['p50_us']:8.1f} us  p99 {r['bare_round_trip']['p99_us']:8.1f} us",
-        f"in-process QuickJS    p50 {r['in_process']['p50_us']:8.1f} us  p99 {r['in_process']['p99_us']:8.1f} us",
-        f"pool warm run         p50 {r['warm']['p50_us']:8.1f} us  p99 {r['warm']['p99_us']:8.1f} us"
-        f"  ({r['warm_p50_vs_limit']}x the limit of {r['limit_p50_us']} us at p50, {r['warm_p99_vs_limit']}x at p99)",
-        f"pool cold run         p50 {r['cold']['p50_us']:8.1f} us  p99 {r['cold']['p99_us']:8.1f} us",
-        f"pool throughput       {r['throughput_runs_per_s']} runs/s on {r['cores']} cores "
-        f"({r['pool_processes']} sandbox processes)",
-        f"neighbour p99 alone {r['neighbour_alone']['p99_us']} us, beside an endless loop "
-        f"{r['neighbour_beside_hostile']['p99_us']} us: {r['hostile_p99_ratio']}x "
-        f"({r['hostile_runs']} hostile runs killed meanwhile)",
-    ]
-    return "\n".join(lines)
+    def series(label: str, d: dict[str, float]) -> str:
+        return f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us"
+
+    return "\n".join(
+        [
+            series("bare round trip", r["bare_round_trip"]),
+            series("in-process QuickJS", r["in_process"]),
+            series("pool warm run", r["warm"])
+            + f"  ({r['warm_p50_vs_limit']}x the limit of {r['limit_p50_us']} us at p50,"
+            f" {r['warm_p99_vs_limit']}x at p99)",
+            series("pool cold run", r["cold"]),
+            f"pool throughput       {r['throughput_runs_per_s']} runs/s on {r['cores']} cores "
+            f"({r['pool_processes']} sandbox processes)",
+            f"neighbour p99 alone {r['neighbour_alone']['p99_us']} us, beside an endless loop "
+            f"{r['neighbour_beside_hostile']['p99_us']} us: {r['hostile_p99_ratio']}x "
+            f"({r['hostile_runs']} hostile runs meanwhile)",
+        ]
+    )

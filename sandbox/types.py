@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from functools import cached_property
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 #: default limits, from the script API page
