@@ -1,7 +1,7 @@
 """Session fixtures for tests that need the real Kafka broker (marked ``kafka``).
 
 ``kafka_bootstrap`` uses the broker at SCRIPTFORGE_BROKER when one serves there (CI starts one with
-``scriptforge broker start``); otherwise it starts a local broker on that port with a throw-away data
+``scriptforge broker start``); otherwise it starts a local broker on free ports with a throw-away data
 directory and stops it at the end of the session. Under CI=true a broker that cannot be reached or
 started fails the tests that need it; elsewhere they are skipped with the reason.
 
@@ -40,7 +40,12 @@ def _unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of a Kafka 4.x broker serving for the whole session."""
+    """host:port of a Kafka 4.x broker serving for the whole session.
+
+    A broker the session starts itself listens on free ports (so parallel sessions on one machine do
+    not collide), and SCRIPTFORGE_BROKER points at it for the session, for code that reads the
+    environment (a ``scriptforge`` subprocess, Settings.from_env()).
+    """
     try:
         settings = Settings.from_env()
         host, port = split_host_port(settings.broker)
@@ -51,14 +56,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     if host not in LOCAL_HOSTS:
         _unavailable(f"nothing serves Kafka at SCRIPTFORGE_BROKER={settings.broker}")
-    local = Settings(broker=f"127.0.0.1:{port}", data_dir=tmp_path_factory.mktemp("kafka-session"))
-    broker = LocalBroker(local, start_timeout=120.0)
+    data_dir = tmp_path_factory.mktemp("kafka-session")
+    local = Settings(broker=f"127.0.0.1:{_free_port()}", data_dir=data_dir)
+    broker = LocalBroker(local, controller_port=_free_port(), start_timeout=120.0)
     try:
         broker.start()
     except ScriptForgeError as exc:
-        _unavailable(f"could not start the local broker on port {port}: {exc}")
+        _unavailable(f"nothing serves at {settings.broker} and a local broker did not start: {exc}")
     try:
-        yield broker.address
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SCRIPTFORGE_BROKER", broker.address)
+            yield broker.address
     finally:
         broker.stop()
 
@@ -119,13 +127,13 @@ def topic_factory(kafka_admin: AdminClient) -> Iterator[TopicFactory]:
     factory.delete_all()
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """A function returning a TCP port free on 127.0.0.1 (for a test's own listeners)."""
-
-    def pick() -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    return pick
+    return _free_port
