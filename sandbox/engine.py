@@ -39,7 +39,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     text = str(exc).split("\n", 1)[0]
     if text.startswith("InternalError: interrupted"):
         return "timeout", "interrupted"
-    if "out of memory" in text:
+    # QuickJS throws a bare null when it cannot even allocate its out-of-memory error
+    if "out of memory" in text or text == "null":
         return "memory", text
     return "runtime", text
 

@@ -137,13 +137,13 @@ class Runner:
             text = ctx.result(req.max_response_chars)
         except (quickjs.JSException, MemoryError) as exc:
             kind, message = classify(exc)
-            return self._fail(
-                req.key,
-                ctx,
-                "memory" if kind == "memory" else "runtime",
-                500,
-                f"could not serialise the response: {message}",
-            )
+            if kind == "timeout":
+                message = f"run exceeded its time limit of {req.budget_ms:.0f} ms"
+            elif kind == "memory":
+                message = f"run exceeded its memory limit of {spec.memory_mb} MB"
+            else:
+                message = f"could not serialise the response: {message}"
+            return self._fail(req.key, ctx, kind, 408 if kind == "timeout" else 500, message)
         if '"ok":false' in text[:40] and self._ran_out_of_memory(text, spec, ctx):
             return self._fail(
                 req.key, ctx, "memory", 500, f"run exceeded its memory limit of {spec.memory_mb} MB"
