@@ -44,6 +44,8 @@ class PoolConfig:
     spawn_timeout_s: float = 20.0
     #: a run longer than this gets its process's CPU priority lowered until it ends
     demote_after_ms: float = 5.0
+    #: how often the watchdog looks at running runs (deadlines are enforced within this)
+    watchdog_tick_ms: float = 5.0
 
 
 class _Process:
@@ -58,6 +60,8 @@ class _Process:
         self.alive = False
         self.busy = False
         self.demoted = False
+        self.run_started = 0.0  # monotonic start of the current run, 0 when none
+        self.hard_deadline = float("inf")
         self.warm: set[str] = set()
         self._waiter: asyncio.Future[bytes] | None = None
         self._inbox: deque[bytes] = deque()
@@ -121,8 +125,10 @@ class _Process:
             with contextlib.suppress(OSError):
                 self.conn.close()
 
-    async def recv(self, timeout: float) -> bytes:
-        """Next message from the process; TimeoutError after ``timeout`` s, EOFError if it died."""
+    async def recv(self, timeout: float | None) -> bytes:
+        """Next message from the process; EOFError if it died; TimeoutError after ``timeout`` s, or,
+        with None, when the pool's watchdog finds the run past its deadline (one timer for all runs
+        is cheaper than a timer per message on this hot path)."""
         if self._inbox:
             return self._inbox.popleft()
         if not self.alive and self.conn is not None and self.conn.closed:
@@ -130,12 +136,22 @@ class _Process:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         self._waiter = fut
-        timer = loop.call_later(max(timeout, 0.0), _expire, fut)
+        timer = loop.call_later(max(timeout, 0.0), _expire, fut) if timeout is not None else None
         try:
             return await fut
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
+
+    def check(self, now: float, demote_after: float) -> None:
+        """Called by the watchdog: demotes a long run, expires one past its hard deadline."""
+        if not self.busy or self.run_started == 0.0:
+            return
+        if not self.demoted and now - self.run_started > demote_after:
+            self.demote()
+        if now > self.hard_deadline and self._waiter is not None:
+            _expire(self._waiter)
 
     def send(self, data: bytes) -> None:
         self.conn.send_bytes(data)
@@ -200,6 +216,7 @@ class SandboxPool:
         self._restarts = 0
         self._runs = 0
         self._replacing: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SandboxPool:
         await self.start()
@@ -211,8 +228,29 @@ class SandboxPool:
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self._procs))
 
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Every few milliseconds: demote long runs, end runs past their deadline. Sleeps while idle."""
+        tick = self.config.watchdog_tick_ms / 1000.0
+        demote_after = self.config.demote_after_ms / 1000.0
+        while not self._closed:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            busy = False
+            for p in self._procs:
+                if p.run_started:
+                    busy = True
+                    p.check(now, demote_after)
+            if not busy:
+                return
+
     async def close(self) -> None:
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in list(self._replacing):
             task.cancel()
         for p in self._procs:
@@ -347,11 +385,12 @@ class SandboxPool:
             return vars_json
         hard_deadline = deadline + self.config.grace_ms / 1000.0
         started = time.monotonic()
-        demotion = asyncio.get_running_loop().call_later(self.config.demote_after_ms / 1000.0, proc.demote)
+        proc.run_started, proc.hard_deadline = started, hard_deadline
+        self._ensure_watchdog()
         try:
             proc.send(b"X" + orjson.dumps(meta) + b"\n" + vars_json)
             while True:
-                msg = await proc.recv(hard_deadline - time.monotonic())
+                msg = await proc.recv(None)
                 kind = msg[:1]
                 if kind == b"D":
                     proc.warm.add(script.key)
@@ -381,7 +420,7 @@ class SandboxPool:
                 duration_ms=(time.monotonic() - started) * 1000.0,
             )
         finally:
-            demotion.cancel()
+            proc.run_started, proc.hard_deadline = 0.0, float("inf")
             proc.restore_priority()
 
     async def _host_calls(
