@@ -1,0 +1,348 @@
+# ruff: noqa: E402  (the real sandbox package is imported first, see _import_real_sandbox)
+"""The pipeline end to end against the real broker: registry → worker → reply, by call id.
+
+One in-process worker serves the whole module under a unique topic prefix; the kill test runs its own
+``scriptforge worker`` subprocesses under another prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+
+def _import_real_sandbox() -> None:
+    """Import the project's ``sandbox`` package before anything else does: with ``tests/`` on sys.path
+    (pytest's prepend mode), ``import sandbox`` would find the ``tests/sandbox`` directory instead (the
+    same workaround as tests/sandbox/conftest.py)."""
+    module = sys.modules.get("sandbox")
+    if module is not None and getattr(module, "__file__", None):
+        return
+    sys.modules.pop("sandbox", None)
+    tests_dir = Path(__file__).resolve().parent.parent
+    saved = sys.path[:]
+    sys.path[:] = [
+        p for p in sys.path if Path(p or ".").resolve() not in (tests_dir, tests_dir / "integration")
+    ]
+    try:
+        importlib.import_module("sandbox")
+    finally:
+        sys.path[:] = saved
+
+
+_import_real_sandbox()
+
+from pipeline.client import InvocationClient
+from pipeline.codec import codec
+from pipeline.records import DeadLetter, InvocationRequest, ScriptState
+from pipeline.registry import ScriptRegistry
+from pipeline.settings import Settings
+from pipeline.topics import Topics, delete_topics
+from pipeline.worker import Worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
+
+ECHO = "function main(d) { return {v: 1, x: d.x}; }"
+ECHO_V2 = "function main(d) { return {v: 2, x: d.x}; }"
+
+
+def _settings(bootstrap: str, data_dir: Path, **extra: Any) -> Settings:
+    return Settings(
+        broker=bootstrap,
+        data_dir=data_dir,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        partitions=4,
+        sandbox_processes=2,
+        metrics_port=0,
+        **extra,
+    )
+
+
+def _cleanup(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.broker})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    delete_topics(admin, names)
+
+
+@pytest.fixture(scope="module")
+def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    s = _settings(kafka_bootstrap, tmp_path_factory.mktemp("pipeline"))
+    yield s
+    _cleanup(s)
+
+
+@pytest.fixture(scope="module")
+def registry(settings: Settings, worker: Worker) -> Any:
+    with ScriptRegistry(settings) as reg:
+        yield reg
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def worker(settings: Settings) -> AsyncIterator[Worker]:
+    w = Worker(settings)
+    await w.start()
+    try:
+        yield w
+    finally:
+        await w.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(settings: Settings, worker: Worker) -> AsyncIterator[InvocationClient]:
+    async with InvocationClient(settings.broker, settings) as c:
+        yield c
+
+
+def _name() -> str:
+    return f"s{uuid.uuid4().hex[:8]}"
+
+
+def _read_dlq(settings: Settings, count: int, timeout: float = 20.0) -> list[DeadLetter]:
+    consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "x", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(Topics(settings).dlq, 0, OFFSET_BEGINNING)])
+    dead = codec(DeadLetter)
+    got: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                got.append(dead.decode(msg.value()))
+    finally:
+        consumer.close()
+    return got
+
+
+async def test_deploy_invoke_reply(registry: ScriptRegistry, client: InvocationClient) -> None:
+    name = _name()
+    definition = registry.deploy("default", name, ECHO)
+    assert definition.version == 1
+
+    reply = await client.invoke_reply(name, {"x": 42}, timeout_ms=5000)
+
+    assert reply is not None
+    assert reply.outcome_dict["status"] == "ok", reply.outcome_json
+    assert reply.outcome_dict["response"] == {"v": 1, "x": 42}
+    assert reply.version == 1 and reply.worker and reply.finished_ms >= reply.started_ms
+
+
+def _cli(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SCRIPTFORGE_BROKER=settings.broker, SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix)
+    cmd = [sys.executable, "-m", "pipeline", *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_cli_deploy_and_invoke(registry: ScriptRegistry, settings: Settings, tmp_path: Path) -> None:
+    name = _name()
+    path = tmp_path / "echo.js"
+    path.write_text(ECHO)
+    done = await asyncio.to_thread(_cli, settings, "deploy", str(path), "--name", name)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == {"name": name, "version": 1}
+    argv = ["invoke", name, "--vars", '{"x": "cli"}', "--timeout-ms", "5000"]
+    done = await asyncio.to_thread(_cli, settings, *argv)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["response"] == {"v": 1, "x": "cli"}
+    path.write_text("function main( {")
+    done = await asyncio.to_thread(_cli, settings, "deploy", str(path), "--name", name)
+    assert done.returncode == 2, done.stderr
+    assert "line 1" in done.stderr and "column" in done.stderr, done.stderr
+    assert registry.latest_version("default", name) == 1  # nothing published
+
+
+async def test_new_version_is_picked_up_live(
+    registry: ScriptRegistry, worker: Worker, client: InvocationClient
+) -> None:
+    name = _name()
+    registry.deploy("default", name, ECHO)
+    assert (await client.invoke(name, {"x": 1}, timeout_ms=5000)).response == {"v": 1, "x": 1}
+
+    registry.deploy("default", name, ECHO_V2)
+    began = time.monotonic()
+    while (found := worker.registry.lookup("default", name)) is None or found.version != 2:
+        assert time.monotonic() - began < 1.0, "the worker did not see version 2 within a second"
+        await asyncio.sleep(0.01)
+    print(f"version 2 visible to the worker after {(time.monotonic() - began) * 1000:.0f} ms")
+
+    assert (await client.invoke(name, {"x": 2}, timeout_ms=5000)).response == {"v": 2, "x": 2}
+    pinned = await client.invoke(name, {"x": 3}, timeout_ms=5000, version=1)
+    assert pinned.response == {"v": 1, "x": 3}
+
+
+async def test_stopped_script_gets_an_error_reply(registry: ScriptRegistry, client: InvocationClient) -> None:
+    name = _name()
+    registry.deploy("default", name, ECHO)
+    assert registry.stop("default", name).state == ScriptState.STOPPED
+    await asyncio.sleep(0.2)  # the worker's view follows within one poll
+    stopped = await client.invoke(name, {"x": 1}, timeout_ms=5000)
+    assert stopped.status == "error" and "stopped" in (stopped.message or ""), stopped
+    registry.start_script("default", name)
+    await asyncio.sleep(0.2)
+    assert (await client.invoke(name, {"x": 1}, timeout_ms=5000)).ok
+
+
+async def test_unknown_script_is_not_found(client: InvocationClient) -> None:
+    outcome = await client.invoke("no-such-script", {}, timeout_ms=5000)
+    assert outcome.status == "error"
+    assert str(outcome.reason) == "not_found", outcome
+
+
+async def test_expired_request_is_answered_without_running(
+    registry: ScriptRegistry, client: InvocationClient
+) -> None:
+    name = _name()
+    registry.deploy("default", name, ECHO)
+    now = int(time.time() * 1000)
+    request = InvocationRequest.create(
+        call_id=uuid.uuid4().hex,
+        script=name,
+        vars={"x": 1},
+        reply_topic=client.reply_topic,
+        deadline_ms=now - 1000,
+        timestamp_ms=now - 3000,
+        account="default",
+    )
+    fut = client.expect(request.call_id)
+    client.send(request)
+    reply = await asyncio.wait_for(fut, 10)
+    assert reply.outcome_dict["status"] == "error"
+    assert reply.outcome_dict["reason"] == "expired"
+    assert reply.outcome_dict["duration_ms"] == 0
+
+
+async def test_malformed_requests_are_dead_lettered_answered_and_the_worker_carries_on(
+    registry: ScriptRegistry, settings: Settings, client: InvocationClient
+) -> None:
+    name = _name()
+    registry.deploy("default", name, ECHO)
+    good = InvocationRequest.create(
+        call_id="x",
+        script=name,
+        vars={"x": 1},
+        reply_topic=client.reply_topic,
+        deadline_ms=int(time.time() * 1000) + 10_000,
+        timestamp_ms=int(time.time() * 1000),
+        account="default",
+    )
+    body = codec(InvocationRequest).encode(good)
+    bad = {
+        "garbage": b"\x00\x01not avro at all",
+        "unknown_schema": b"\xc3\x01" + bytes(range(8)) + body[10:],
+        "missing_fields": body[: 10 + len(good.call_id) + 4],  # header + first fields, then nothing
+    }
+    futures = {}
+    for kind, value in bad.items():
+        call_id = f"{kind}-{uuid.uuid4().hex[:6]}"
+        stub = InvocationRequest.create(
+            call_id=call_id,
+            script=name,
+            vars=None,
+            reply_topic=client.reply_topic,
+            deadline_ms=0,
+            timestamp_ms=0,
+            account="default",
+        )
+        futures[kind] = client.expect(call_id)
+        client.send(stub, value=value)
+
+    for kind, fut in futures.items():
+        reply = await asyncio.wait_for(fut, 10)
+        assert reply.outcome_dict["status"] == "error", kind
+        assert "rejected" in reply.outcome_dict["message"], reply.outcome_dict
+
+    after = await client.invoke(name, {"x": "after"}, timeout_ms=5000)
+    assert after.response == {"v": 1, "x": "after"}
+
+    dead = await asyncio.to_thread(_read_dlq, settings, 3)
+    reasons = {d.call_id.split("-")[0]: d.reason for d in dead if d.call_id}
+    assert reasons == {
+        "garbage": "malformed",
+        "unknown_schema": "unknown_schema",
+        "missing_fields": "malformed",
+    }
+    assert all(d.original_value in bad.values() for d in dead)
+
+
+# ---- crash safety: a worker killed with SIGKILL while 1,000 requests are in flight ------------------
+
+
+def _spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        SCRIPTFORGE_BROKER=settings.broker,
+        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
+        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
+        SCRIPTFORGE_SANDBOX_PROCESSES="2",
+        SCRIPTFORGE_METRICS_PORT="0",
+        SCRIPTFORGE_DATA_DIR=str(settings.data_dir),
+    )
+    cmd = [sys.executable, "-m", "pipeline", "worker"]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+async def test_worker_killed_mid_flight_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = _settings(kafka_bootstrap, tmp_path)
+    log = tmp_path / "worker.log"
+    scripts = [f"k{i}" for i in range(8)]
+    try:
+        with ScriptRegistry(settings) as reg:
+            for name in scripts:
+                # a little work per call, so the kill lands while many are still queued
+                reg.deploy(
+                    "default",
+                    name,
+                    "function main(d) { var s = 0; for (var i = 0; i < 20000; i++) s += i; return d.n; }",
+                )
+        first = _spawn_worker(settings, log)
+        async with InvocationClient(kafka_bootstrap, settings) as client:
+            futures = {}
+            for n in range(1000):
+                request, fut = client.submit(
+                    scripts[n % len(scripts)], {"n": n}, timeout_ms=120_000, call_id=f"call-{n}"
+                )
+                futures[request.call_id] = fut
+            # kill once some, not all, replies are in
+            began = time.monotonic()
+            while sum(f.done() for f in futures.values()) < 100:
+                assert time.monotonic() - began < 60, (
+                    "the first worker answered nothing: " + log.read_text()[-2000:]
+                )
+                await asyncio.sleep(0.01)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            answered_before = sum(f.done() for f in futures.values())
+            second = _spawn_worker(settings, log)
+            try:
+                done, pending = await asyncio.wait(futures.values(), timeout=90)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                try:
+                    second.wait(15)
+                except subprocess.TimeoutExpired:
+                    second.kill()
+            await asyncio.sleep(0.5)  # let late duplicates arrive to be counted
+            print(
+                f"killed after {answered_before} replies; replies {len(done)}/1000, lost {len(pending)}, "
+                f"duplicates {client.duplicates}"
+            )
+            assert not pending, f"{len(pending)} call ids got no reply"
+            for call_id, fut in futures.items():
+                assert fut.result().outcome_dict["response"] == int(call_id.split("-")[1])
+    finally:
+        _cleanup(settings)
