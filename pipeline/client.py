@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -82,8 +83,12 @@ class InvocationClient:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # the invocations topic too: producing first would let a broker with auto-creation make it
+        # with 1 partition, and workers would then refuse it
         spec = TopicSpec(self.reply_topic, 1, {"retention.ms": str(3600_000)})
-        await asyncio.to_thread(create_topics, self._admin, [spec])
+        await asyncio.to_thread(
+            partial(create_topics, self._admin, [*self.topics.specs(), spec], strict=False)
+        )
         # the topic is new: reading from its beginning cannot miss a reply, however late assign lands
         self._consumer.assign([TopicPartition(self.reply_topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._poll_replies, name="scriptforge-replies", daemon=True)

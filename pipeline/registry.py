@@ -26,12 +26,13 @@ import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.codec import codec
 from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.records import ScriptDefinition, ScriptState, script_key, source_sha256
 from pipeline.settings import Settings
-from pipeline.topics import Topics
+from pipeline.topics import Topics, create_topics
 from sandbox.syntax import check_syntax
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
 
@@ -77,6 +78,10 @@ class ScriptRegistry:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> ScriptRegistry:
+        # deploy may run before any worker ever did: the compacted topic must exist with its config
+        # (auto-creation would make it a plain, deleting topic)
+        spec = next(t for t in Topics(self.settings).specs() if t.name == self.topic)
+        create_topics(AdminClient({"bootstrap.servers": self.settings.broker}), [spec])
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._watch, name="scriptforge-registry", daemon=True)
         self._thread.start()

@@ -65,8 +65,14 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 30.0)
     return create_topics(admin, specs, timeout)
 
 
-def create_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create ``specs`` that do not exist yet and wait until every partition has a leader."""
+def create_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0, *, strict: bool = True
+) -> list[str]:
+    """Create ``specs`` that do not exist yet and wait until every partition has a leader.
+
+    ``strict``: an existing topic with another partition count is an error (workers); clients pass
+    False, since the partition count is the operators' choice, not theirs.
+    """
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
@@ -83,7 +89,7 @@ def create_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 3
                 # another worker created it between our listing and our request: that is fine
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create topic {name}: {exc.args[0].str()}") from None
-    _wait_for_leaders(admin, specs, timeout)
+    _wait_for_leaders(admin, specs if strict else [s for s in specs if s.name in created], timeout)
     return created
 
 

@@ -330,6 +330,9 @@ def build_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_allow_declare=False,  # ensure_topics created them with the right partitions and config
         consumer_auto_offset_reset="earliest",
+        # a killed worker's partitions move after the session timeout: 10 s, not Faust's 60 s
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         broker_commit_every=100,
         broker_commit_interval=0.5,
         producer_linger=0.0,

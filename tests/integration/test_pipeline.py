@@ -142,7 +142,12 @@ async def test_deploy_invoke_reply(registry: ScriptRegistry, client: InvocationC
 
 
 def _cli(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SCRIPTFORGE_BROKER=settings.broker, SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix)
+    env = dict(
+        os.environ,
+        SCRIPTFORGE_BROKER=settings.broker,
+        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
+        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
+    )
     cmd = [sys.executable, "-m", "pipeline", *argv]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
