@@ -4,11 +4,22 @@ Knows nothing of Kafka. Public surface: ``SandboxPool``, the value types, ``Loca
 runs, and ``check_syntax`` for deploy-time checks.
 """
 
+from typing import Any
+
 from sandbox.host import Host, HostCallError, HostSession
 from sandbox.local import LocalHost
 from sandbox.pool import PoolConfig, SandboxPool
-from sandbox.syntax import SyntaxProblem, check_syntax
 from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
+
+
+def __getattr__(name: str) -> Any:
+    # The syntax check loads the JavaScript engines: only code that checks syntax pays for them,
+    # not a routing engine importing the client library (which uses sandbox.types).
+    if name in ("SyntaxProblem", "check_syntax"):
+        from sandbox import syntax
+
+        return getattr(syntax, name)
+    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
 
 __all__ = [
     "Host",
