@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pipeline.commands.run import _pair, _positive, _read_source
+from pipeline.commands.args import pair, positive, read_source
 from pipeline.registry import ScriptRegistry
 from pipeline.settings import Settings
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
@@ -26,16 +26,16 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace, settings: Settings) -> int:
-    source = _read_source(args.file)
+    source = read_source(args.file)
     with ScriptRegistry(settings) as registry:
         definition = registry.deploy(
             args.account,
             args.name,
             source,
             type=ScriptType(args.type),
-            timeout_ms=_positive("--timeout-ms", args.timeout_ms),
-            memory_mb=_positive("--memory-mb", args.memory_mb),
-            env=dict(_pair("--env", item) for item in args.env),
+            timeout_ms=positive("--timeout-ms", args.timeout_ms),
+            memory_mb=positive("--memory-mb", args.memory_mb),
+            env=dict(pair("--env", item) for item in args.env),
         )
     json.dump({"name": definition.name, "version": definition.version}, sys.stdout)
     sys.stdout.write("\n")

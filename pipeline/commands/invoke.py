@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from pipeline.client import invoke_once
-from pipeline.commands.run import _parse_vars, _positive
+from pipeline.commands.args import parse_vars, positive
 from pipeline.settings import Settings
 from sandbox.types import DEFAULT_TIMEOUT_MS
 
@@ -29,9 +29,9 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     outcome = invoke_once(
         settings,
         args.name,
-        _parse_vars(args.vars),
+        parse_vars(args.vars),
         account=args.account,
-        timeout_ms=_positive("--timeout-ms", args.timeout_ms),
+        timeout_ms=positive("--timeout-ms", args.timeout_ms),
         version=args.version,
         function=args.function,
         call_id=args.call_id,

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands.args import pair, parse_now, parse_vars, positive, read_source
 from pipeline.errors import UsageError
 from pipeline.settings import Settings
 from sandbox import Invocation, LocalHost, Outcome, SandboxPool, Script, ScriptType
@@ -40,21 +40,21 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     script = Script(
         name=Path(args.file).stem,
-        source=_read_source(args.file),
+        source=read_source(args.file),
         type=ScriptType(args.type),
-        timeout_ms=_positive("--timeout-ms", args.timeout_ms),
-        memory_mb=_positive("--memory-mb", args.memory_mb),
-        env=dict(_pair("--env", item) for item in args.env),
+        timeout_ms=positive("--timeout-ms", args.timeout_ms),
+        memory_mb=positive("--memory-mb", args.memory_mb),
+        env=dict(pair("--env", item) for item in args.env),
     )
     invocation = Invocation(
-        vars=_parse_vars(args.vars),
+        vars=parse_vars(args.vars),
         call_id=args.call_id,
-        now_ms=_parse_now(args.now),
+        now_ms=parse_now(args.now),
         function=args.function,
     )
     host = LocalHost()
     for item in args.userspace:
-        area, path = _pair("--userspace", item)
+        area, path = pair("--userspace", item)
         try:
             host.load_csv(area, path)
         except OSError as exc:
@@ -68,48 +68,3 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 async def _run_once(host: LocalHost, script: Script, invocation: Invocation) -> Outcome:
     async with SandboxPool(host=host, processes=1) as pool:
         return await pool.run(script, invocation)
-
-
-def _read_source(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except FileNotFoundError:
-        raise UsageError(f"script file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read script file {path}: {exc}") from None
-
-
-def _parse_vars(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"--vars is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise UsageError("--vars is nested too deeply") from None
-
-
-def _parse_now(text: str | None) -> int:
-    if text is None:
-        return int(datetime.now().timestamp() * 1000)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--now {text!r} is not an ISO 8601 time such as 2026-11-26T09:30:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return int(moment.timestamp() * 1000)
-
-
-def _pair(flag: str, item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise UsageError(f"{flag} {item!r} must look like NAME=VALUE")
-    return key, value
-
-
-def _positive(flag: str, value: int) -> int:
-    if value <= 0:
-        raise UsageError(f"{flag} must be a positive whole number, not {value}")
-    return value
