@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipeline.errors import NotAvailableError, ScriptForgeError, UsageError
 from pipeline.settings import Settings
@@ -49,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="data directory (env SCRIPTFORGE_DATA_DIR)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        module = _command_module(name)
+        try:
+            module = _command_module(name)
+        except Exception as exc:  # one broken command must not take the others down with it
+            sub = subparsers.add_parser(name, help="(cannot load: see the error when run)")
+            sub.set_defaults(handler=_unavailable(f"scriptforge {name} cannot load: {exc!r}"))
+            continue
         if module is not None and hasattr(module, "register"):
             module.register(subparsers)
         else:
             sub = subparsers.add_parser(name, help="(not yet available)")
-            sub.set_defaults(handler=_not_available(name))
+            sub.set_defaults(handler=_unavailable(f"scriptforge {name} is not available yet in this version"))
     return parser
 
 
@@ -67,9 +72,9 @@ def _command_module(name: str) -> object | None:
         raise
 
 
-def _not_available(name: str):  # type: ignore[no-untyped-def]
+def _unavailable(message: str) -> Callable[[argparse.Namespace, Settings], int]:
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        raise NotAvailableError(f"scriptforge {name} is not available yet in this version")
+        raise NotAvailableError(message)
 
     return handler
 
