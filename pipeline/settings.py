@@ -44,6 +44,17 @@ class Settings:
     metrics_port: int = _env_field(  # type: ignore[assignment]
         9464, "SCRIPTFORGE_METRICS_PORT", "Prometheus metrics port of a worker (0 = off)"
     )
+    group_instance_id: str = _env_field(  # type: ignore[assignment]
+        "",
+        "SCRIPTFORGE_GROUP_INSTANCE_ID",
+        "static consumer-group membership id of a worker (a restart takes its partitions back at once, "
+        "without waiting for the session timeout; unique per worker; empty = dynamic membership)",
+    )
+    test_crash_on: str = _env_field(  # type: ignore[assignment]
+        "",
+        "SCRIPTFORGE_TEST_CRASH_ON",
+        "TEST HOOK, never set in production: a call id whose run makes the worker process exit (137)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

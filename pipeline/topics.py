@@ -41,6 +41,7 @@ class Topics:
         self.outbound = t("outbound")
         self.logs = t("logs")
         self.dlq = t("dlq")
+        self.recovery = t("recovery")
         self._partitions = settings.partitions
 
     def specs(self) -> list[TopicSpec]:
@@ -56,6 +57,8 @@ class Topics:
             TopicSpec(self.outbound, n),
             TopicSpec(self.logs, n),
             TopicSpec(self.dlq, 1),
+            # crash bookkeeping of the invocations partitions (pipeline/recovery.py): latest per key
+            TopicSpec(self.recovery, 1, dict(COMPACTED)),
         ]
 
 

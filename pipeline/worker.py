@@ -10,6 +10,10 @@ Ordering and commits: the agent hands each event to a per-script lane (:mod:`pip
 script's requests run in order, different scripts concurrently, and each partition's offsets are acked
 strictly in order (see pipeline/lanes.py for why Faust's own commit logic cannot be given out-of-order
 acks).
+
+Crash recovery (:mod:`pipeline.recovery`): a partition whose previous owner died without progress runs
+its backlog one request at a time, and a request that keeps killing the worker is dead-lettered
+(``InvocationHandler.give_up``) instead of being run forever.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.codec import codec
 from pipeline.errors import CodecError
 from pipeline.lanes import Lanes
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition, ScriptState
+from pipeline.recovery import Recovery
 from pipeline.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.topics import Topics, ensure_topics
@@ -87,6 +92,26 @@ class InvocationHandler:
             await self._dead_letter(msg, "worker_error", str(exc), request.attempt + 1, request.call_id)
             await self._reply(msg, request, outcome, None, received, received)
 
+    def will_run(self, msg: Any) -> bool:
+        """Whether handling ``msg`` would run a script (readable and not expired); crash recovery
+        needs no marker for the rest."""
+        try:
+            request = _REQUESTS.decode(msg.value)
+        except CodecError:
+            return False
+        return request.deadline_ms > now_ms()
+
+    async def give_up(self, event: Any, attempts: int) -> None:
+        """A request that crashed its worker ``attempts`` times: dead-letter it and answer ``crash``
+        without running it (pipeline/recovery.py decides when)."""
+        msg = event.message
+        received = now_ms()
+        request = _REQUESTS.decode(msg.value)
+        detail = f"the request crashed its worker {attempts} times"
+        await self._dead_letter(msg, "crash", detail, attempts, request.call_id)
+        outcome = Outcome.failure(Reason.CRASH, 500, detail)
+        await self._reply(msg, request, outcome, request.version, received, received)
+
     async def _serve(self, msg: Any, request: InvocationRequest, received: int) -> None:
         if request.deadline_ms <= received:
             metrics.EXPIRED.inc()
@@ -115,6 +140,8 @@ class InvocationHandler:
             deadline_ms=request.deadline_ms,
         )
         attempts = request.attempt
+        if self.settings.test_crash_on and request.call_id == self.settings.test_crash_on:
+            os._exit(137)  # TEST HOOK (SCRIPTFORGE_TEST_CRASH_ON): die like an OOM-killed worker
         while True:
             outcome = await self.pool.run(script, invocation)
             attempts += 1
@@ -271,8 +298,10 @@ class Worker:
         self.pool = SandboxPool(host=LocalHost(), processes=processes)
         self.app = build_app(settings)
         self.handler = InvocationHandler(self.app, settings, self.registry, self.pool, self.id)
+        self.recovery = Recovery(settings, self.id, self.handler, group_id=self.app.conf.id)
+        self.recovery.attach(self.app)
         self.lanes = Lanes(
-            self.handler.handle, max_in_flight=max_in_flight, on_in_flight=metrics.IN_FLIGHT.set
+            self.recovery.handle, max_in_flight=max_in_flight, on_in_flight=metrics.IN_FLIGHT.set
         )
         self._attach_agent()
 
@@ -285,18 +314,21 @@ class Worker:
         }
         topic = self.app.topic(self.topics.invocations, partitions=self.settings.partitions, **raw)
         lanes = self.lanes
+        recovery = self.recovery
 
         async def invocations(stream: Any) -> None:
             # manual acks: the lane acks an event (in offset order) once its reply is delivered
             async for event in stream.noack().events():
                 msg = event.message
-                await lanes.dispatch(msg.key, msg.tp, msg.offset, event)
+                lane, item = await recovery.route(event)  # (msg.key, event) unless isolating
+                await lanes.dispatch(lane, msg.tp, msg.offset, item)
 
         self.app.agent(topic, name="invocations", concurrency=1)(invocations)
 
     async def start(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.settings.broker})
         await asyncio.to_thread(ensure_topics, self.settings, admin)
+        await asyncio.to_thread(self.recovery.start)
         await self.pool.start()
         metrics.track_sandbox_restarts(self.pool.stats)
         self.registry.start()
@@ -306,6 +338,7 @@ class Worker:
     async def stop(self) -> None:
         await self.app.stop()
         await self.lanes.close()
+        self.recovery.close()
         self.registry.close()
         await self.pool.close()
 
@@ -333,6 +366,7 @@ def build_app(settings: Settings) -> faust.App:
         # a killed worker's partitions move after the session timeout: 10 s, not Faust's 60 s
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        consumer_group_instance_id=settings.group_instance_id or None,
         broker_commit_every=100,
         broker_commit_interval=0.5,
         producer_linger=0.0,
