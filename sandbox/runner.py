@@ -73,6 +73,14 @@ def seeds(call_id: str, now_ms: int) -> tuple[int, int]:
     return a, b
 
 
+def _timeout_message(req: RunRequest) -> str:
+    return f"run exceeded its time limit of {req.budget_ms:.0f} ms"
+
+
+def _memory_message(spec: ScriptSpec) -> str:
+    return f"run exceeded its memory limit of {spec.memory_mb} MB"
+
+
 def _error(reason: str, code: int, message: str, **extra: Any) -> dict[str, Any]:
     return {"reason": reason, "code": code, "message": message, **extra}
 
@@ -120,39 +128,34 @@ class Runner:
             ctx.start(req.vars_json, req.now_ms, a, b, req.function)
             self._drive(ctx, deadline)
         except RunDeadline:
-            return self._fail(
-                req.key, ctx, "timeout", 408, f"run exceeded its time limit of {req.budget_ms:.0f} ms"
-            )
+            return self._fail(req.key, ctx, "timeout", 408, _timeout_message(req))
         except quickjs.StackOverflow as exc:
             return self._fail(req.key, ctx, "runtime", 500, str(exc).split("\n", 1)[0], discard=False)
         except (quickjs.JSException, MemoryError) as exc:
-            kind, message = classify(exc)
-            if kind == "timeout":
-                message = f"run exceeded its time limit of {req.budget_ms:.0f} ms"
-            elif kind == "memory":
-                message = f"run exceeded its memory limit of {spec.memory_mb} MB"
-            return self._fail(req.key, ctx, kind, 408 if kind == "timeout" else 500, message)
+            return self._engine_failure(req, spec, ctx, exc)
         try:
             ctx.set_budget(max(deadline - time.monotonic(), 0.05))
             text = ctx.result(req.max_response_chars)
         except (quickjs.JSException, MemoryError) as exc:
-            kind, message = classify(exc)
-            if kind == "timeout":
-                message = f"run exceeded its time limit of {req.budget_ms:.0f} ms"
-            elif kind == "memory":
-                message = f"run exceeded its memory limit of {spec.memory_mb} MB"
-            else:
-                message = f"could not serialise the response: {message}"
-            return self._fail(req.key, ctx, kind, 408 if kind == "timeout" else 500, message)
+            return self._engine_failure(req, spec, ctx, exc, doing="could not serialise the response: ")
         if '"ok":false' in text[:40] and self._ran_out_of_memory(text, spec, ctx):
-            return self._fail(
-                req.key, ctx, "memory", 500, f"run exceeded its memory limit of {spec.memory_mb} MB"
-            )
+            return self._fail(req.key, ctx, "memory", 500, _memory_message(spec))
         if '"kind":"memory"' in text[:80]:
             self._contexts.pop(req.key, None)  # a context that ran out of memory is not reused
         else:
             self._last = (req.key, ctx)
         return RunResult(result_json=text)
+
+    def _engine_failure(
+        self, req: RunRequest, spec: ScriptSpec, ctx: ScriptContext, exc: BaseException, doing: str = ""
+    ) -> RunResult:
+        """A run ended by an exception from the engine: a limit, or an error the script could not catch."""
+        kind, message = classify(exc)
+        if kind == "timeout":
+            return self._fail(req.key, ctx, kind, 408, _timeout_message(req))
+        if kind == "memory":
+            return self._fail(req.key, ctx, kind, 500, _memory_message(spec))
+        return self._fail(req.key, ctx, kind, 500, doing + message)
 
     @staticmethod
     def _ran_out_of_memory(text: str, spec: ScriptSpec, ctx: ScriptContext) -> bool:
