@@ -35,21 +35,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline.errors import BrokerError
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: librdkafka returns this for "no committed offset" (the consumer then starts at the low watermark,
 #: since the worker's auto_offset_reset is earliest)
@@ -113,9 +115,7 @@ class Plan:
     isolate_until: int | None
 
 
-def plan_assignment(
-    previous: RecoveryRecord | None, committed: int, high: int, me: str
-) -> Plan:
+def plan_assignment(previous: RecoveryRecord | None, committed: int, high: int, me: str) -> Plan:
     """Decide how to run a newly assigned partition from its record, committed offset and watermark."""
     if high <= committed:
         # nothing waiting: nothing can have crashed a worker here; keep whatever record exists
@@ -224,9 +224,7 @@ class RecoveryLog:
             }
         )
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-        self._producer = Producer(
-            {"bootstrap.servers": settings.broker, "acks": "all", "linger.ms": 0}
-        )
+        self._producer = Producer({"bootstrap.servers": settings.broker, "acks": "all", "linger.ms": 0})
         self._position = 0
         self._lock = threading.Lock()
 
@@ -234,8 +232,8 @@ class RecoveryLog:
         """Read the recovery topic up to its current end (other workers write it too)."""
         with self._lock:
             tp = TopicPartition(self.topic, 0)
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
             deadline = time.monotonic() + timeout
+            _, high = _retrying(lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout), deadline)
             while self._position < high:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"{self.topic} not read to offset {high} in {timeout:.0f} s")
@@ -263,12 +261,15 @@ class RecoveryLog:
     def offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, int]]:
         """partition -> (committed offset, high watermark) of the worker's group."""
         wanted = [TopicPartition(topic, p) for p in partitions]
+        deadline = time.monotonic() + IO_TIMEOUT
+        consumer = self._consumer
         with self._lock:
-            committed = self._consumer.committed(wanted, timeout=IO_TIMEOUT)
+            committed = _retrying(lambda: consumer.committed(wanted, timeout=IO_TIMEOUT), deadline)
             out: dict[int, tuple[int, int]] = {}
             for tp in committed:
-                low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, tp.partition), timeout=IO_TIMEOUT
+                where = TopicPartition(topic, tp.partition)
+                low, high = _retrying(
+                    functools.partial(consumer.get_watermark_offsets, where, timeout=IO_TIMEOUT), deadline
                 )
                 start = tp.offset if tp.offset >= 0 else low
                 out[tp.partition] = (max(start, low), high)
@@ -285,6 +286,18 @@ class RecoveryLog:
         with contextlib.suppress(Exception):
             self._consumer.close()
         self._producer.flush(1.0)
+
+
+def _retrying(call: Callable[[], T], deadline: float) -> T:
+    """``call()``, retried until ``deadline`` while the broker answers with an error: a topic just
+    created answers "not leader" for a moment, and a rebalance is when leaders move."""
+    while True:
+        try:
+            return call()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @dataclass

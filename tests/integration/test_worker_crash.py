@@ -1,0 +1,175 @@
+# ruff: noqa: E402  (the real sandbox package is imported first, see _import_real_sandbox)
+"""A request that kills its worker process, against the real broker: bounded, dead-lettered, answered.
+
+A "poison" request makes the worker exit with status 137 (as an OOM kill would) when it starts running
+it, through the worker's test hook SCRIPTFORGE_TEST_CRASH_ON=<call id>. The test starts
+``scriptforge worker`` again after each death, with static group membership
+(SCRIPTFORGE_GROUP_INSTANCE_ID) so that a restart takes the partition back at once instead of waiting
+out the dead member's 10 s session timeout. After the poison request has crashed its worker
+max_attempts times in isolation it must be dead-lettered with reason crash and answered crash, the
+worker must stay up, and every other request, published before and after it, must get an ok reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+
+def _import_real_sandbox() -> None:
+    """As in test_pipeline.py: with ``tests/`` on sys.path, ``import sandbox`` would find the
+    ``tests/sandbox`` directory instead of the package."""
+    module = sys.modules.get("sandbox")
+    if module is not None and getattr(module, "__file__", None):
+        return
+    sys.modules.pop("sandbox", None)
+    tests_dir = Path(__file__).resolve().parent.parent
+    saved = sys.path[:]
+    sys.path[:] = [
+        p for p in sys.path if Path(p or ".").resolve() not in (tests_dir, tests_dir / "integration")
+    ]
+    try:
+        importlib.import_module("sandbox")
+    finally:
+        sys.path[:] = saved
+
+
+_import_real_sandbox()
+
+from pipeline.client import InvocationClient
+from pipeline.codec import codec
+from pipeline.records import DeadLetter
+from pipeline.registry import ScriptRegistry
+from pipeline.settings import Settings
+from pipeline.topics import Topics, delete_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+ECHO = "function main(d) { return {n: d.n}; }"
+MAX_ATTEMPTS = 3
+
+
+def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        SCRIPTFORGE_BROKER=settings.broker,
+        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
+        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
+        SCRIPTFORGE_SANDBOX_PROCESSES="1",
+        SCRIPTFORGE_METRICS_PORT="0",
+        SCRIPTFORGE_DATA_DIR=str(settings.data_dir),
+        SCRIPTFORGE_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+        SCRIPTFORGE_GROUP_INSTANCE_ID="crash-test-worker",
+        SCRIPTFORGE_TEST_CRASH_ON=poison,
+    )
+    cmd = [sys.executable, "-m", "pipeline", "worker", "--log-level", "WARNING"]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _read_dlq(settings: Settings, timeout: float = 10.0) -> list[DeadLetter]:
+    consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "x", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(Topics(settings).dlq, 0, OFFSET_BEGINNING)])
+    dead = codec(DeadLetter)
+    got: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not got and time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                got.append(dead.decode(msg.value()))
+    finally:
+        consumer.close()
+    return got
+
+
+def _cleanup(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.broker})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    delete_topics(admin, names)
+
+
+async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attempts(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        broker=kafka_bootstrap,
+        data_dir=tmp_path,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        partitions=1,  # everything on one partition: the poison blocks the others' commits
+        metrics_port=0,
+    )
+    log = tmp_path / "worker.log"
+    scripts = [f"c{i}" for i in range(3)]
+    poison = f"poison-{uuid.uuid4().hex[:6]}"
+    began = time.monotonic()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with ScriptRegistry(settings) as reg:
+            for name in scripts:
+                reg.deploy("default", name, ECHO)
+        async with InvocationClient(kafka_bootstrap, settings) as client:
+            futures = {}
+
+            def submit(n: int, call_id: str) -> None:
+                request, fut = client.submit(scripts[n % 3], {"n": n}, timeout_ms=120_000, call_id=call_id)
+                futures[request.call_id] = fut
+
+            for n in range(6):
+                submit(n, f"before-{n}")
+            submit(99, poison)
+            for n in range(6, 12):
+                submit(n, f"after-{n}")
+
+            deaths: list[float] = []
+            while not futures[poison].done():
+                assert len(deaths) <= MAX_ATTEMPTS + 2, f"{deaths=}: " + log.read_text()[-3000:]
+                worker = _spawn(settings, poison, log)
+                started = time.monotonic()
+                while worker.poll() is None and not futures[poison].done():
+                    assert time.monotonic() - started < 40, "no death, no reply: " + log.read_text()[-3000:]
+                    await asyncio.sleep(0.05)
+                if worker.returncode is not None:
+                    assert worker.returncode == 137, log.read_text()[-3000:]
+                    deaths.append(round(time.monotonic() - started, 1))
+            recovered = time.monotonic() - began
+
+            # requests published while the surviving worker serves are answered too
+            for n in range(12, 18):
+                submit(n, f"late-{n}")
+            _, pending = await asyncio.wait(futures.values(), timeout=30)
+            assert not pending, f"{len(pending)} call ids got no reply: " + log.read_text()[-3000:]
+            assert worker is not None and worker.poll() is None, "the worker did not stay up"
+
+            crash = futures[poison].result().outcome_dict
+            assert (crash["status"], crash["reason"]) == ("error", "crash"), crash
+            assert f"crashed its worker {MAX_ATTEMPTS} times" in crash["message"], crash
+            for call_id, fut in futures.items():
+                if call_id != poison:
+                    outcome = fut.result().outcome_dict
+                    assert outcome["status"] == "ok", (call_id, outcome)
+                    assert outcome["response"] == {"n": int(call_id.split("-")[1])}
+
+            dead = await asyncio.to_thread(_read_dlq, settings)
+            assert [(d.reason, d.call_id, d.attempts) for d in dead] == [("crash", poison, MAX_ATTEMPTS)]
+            print(
+                f"worker deaths {len(deaths)} (seconds from start to death: {deaths}); poison answered "
+                f"{recovered:.1f} s after the first start; duplicates {client.duplicates}"
+            )
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        _cleanup(settings)
