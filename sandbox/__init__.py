@@ -21,6 +21,7 @@ def __getattr__(name: str) -> Any:
         return getattr(syntax, name)
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
 
+
 __all__ = [
     "Host",
     "HostCallError",
