@@ -17,6 +17,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("target", choices=["sandbox", "pipeline"], help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
+    pipeline = p.add_argument_group("pipeline")
+    pipeline.add_argument("--rate", type=int, default=1000, help="fixed-phase request rate per second")
+    pipeline.add_argument("--seconds", type=float, default=10.0, help="length of the fixed phase")
+    pipeline.add_argument("--ramp", help="comma-separated rates of the max-rate ramp (250,500,...,20000)")
+    pipeline.add_argument("--ramp-seconds", type=float, default=3.0, help="length of each ramp step")
+    pipeline.add_argument(
+        "--p99-limit-ms", type=float, default=250.0, help="a ramp step is sustainable below this p99"
+    )
+    pipeline.add_argument("--scripts", type=int, default=8, help="script names the requests spread over")
+    pipeline.add_argument("--timeout-ms", type=int, default=60_000, help="each request's deadline")
+    pipeline.add_argument("--grace", type=float, default=10.0, help="seconds to wait for replies after")
+    pipeline.add_argument("--profile-worker", metavar="FILE", help="run the worker under cProfile into FILE")
     p.set_defaults(handler=handle)
 
 
