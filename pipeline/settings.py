@@ -36,7 +36,7 @@ class Settings:
         8, "SCRIPTFORGE_PARTITIONS", "partitions of the invocations topic (and its co-partitioned tables)"
     )
     sandbox_processes: int = _env_field(  # type: ignore[assignment]
-        0, "SCRIPTFORGE_SANDBOX_PROCESSES", "sandbox processes per worker (0 = one per core)"
+        0, "SCRIPTFORGE_SANDBOX_PROCESSES", "sandbox processes per worker (0 = cores + 2)"
     )
     max_attempts: int = _env_field(  # type: ignore[assignment]
         3, "SCRIPTFORGE_MAX_ATTEMPTS", "runs of a request that crash before it is dead-lettered"
