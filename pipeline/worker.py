@@ -23,10 +23,12 @@ consumer 11%, stream iteration 6.5%, the conductor 6%). librdkafka fetches, batc
 threads (the echo does 20,000/s from one Python process), so here the consumer thread hands whole batches
 to the loop and delivery reports come back in batches: at 2,000/s the worker's main process used about
 0.3 ms of CPU per request (62% of a core), the Kafka plumbing about a tenth of it in the profile, the rest
-being the handler and the sandbox round trip; at 1,000/s p50 fell to 6 ms and p99 to about 1.4x the
-echo's. The invocation path also needs exact control of commits (Faust's commit logic cannot be given
-out-of-order acks, see the lanes), which a plain consumer gives directly. faust-streaming stays a
-dependency for stateful streams (tables) that do not sit on this path.
+being the handler and the sandbox round trip; at 1,000/s p50 fell from 2.15 s to about 5 ms (echo
+1.6 ms) and p99 to about 20 ms (the echo's own p99 ranged from 6 to 118 ms between runs on this shared
+machine), and the peak rose to 1,700-2,000/s, where the two cores are saturated (broker, sandbox
+processes and the load generator included). The invocation path also needs exact control of commits
+(Faust's commit logic cannot be given out-of-order acks), which a plain consumer gives directly.
+faust-streaming stays a dependency for stateful streams (tables) that do not sit on this path.
 """
 
 from __future__ import annotations
