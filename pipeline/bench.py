@@ -91,7 +91,7 @@ ROUTING_VARS: dict[str, Any] = {
     }
 }
 
-#: the echo's librdkafka settings (low-latency: FACTS.md); the worker's are in pipeline.worker.build_app
+#: the echo's librdkafka settings (low-latency: FACTS.md); the worker's are in pipeline.worker.consumer_config
 ECHO_CONSUMER = {
     "enable.auto.commit": True,
     "auto.commit.interval.ms": 500,
@@ -358,7 +358,7 @@ def error_replies(phase: Phase) -> dict[str, int]:
 
 def breakdown(phase: Phase, wall_minus_perf: float) -> dict[str, dict[str, float]]:
     """Where a ScriptForge round trip went, from the worker's timestamps (ms, 1 ms resolution):
-    to_worker = scheduled send → handler start (produce, Kafka, Faust fetch, lane queue);
+    to_worker = scheduled send → handler start (produce, Kafka, fetch, lane queue);
     lookup = handler start → run start (decode, deadline, registry); run = the sandbox run;
     back = run end → reply polled by the client (Outcome/Avro encode, produce, Kafka, fetch)."""
     parts: dict[str, list[float]] = {"to_worker": [], "lookup": [], "run": [], "back": []}

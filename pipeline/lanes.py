@@ -1,59 +1,72 @@
-"""Per-script lanes with in-order acks: one script's requests run one after another, different scripts
-run concurrently, and a partition's offsets are acked strictly in order.
+"""Per-script lanes with in-order commit positions: one script's requests run one after another,
+different scripts run concurrently, and a partition's commit position only ever covers a contiguous
+prefix of finished requests.
 
-Why acks are ordered here rather than left to Faust (faust-streaming 0.15.3,
-``faust/transport/consumer.py``): ``Consumer.ack`` appends the offset to ``_acked[tp]`` and
-``_new_offset`` commits the first run of *consecutive acked* offsets. It does not know about offsets
-delivered but not yet acked; it only compares the lowest acked offset with ``_committed_offset[tp]``,
-and that check
+A request is *finished* when its handler returned and the tail it returned (the delivery of its reply)
+completed. Lanes finish out of order (a slow script holds only its own lane), so for each partition
+:class:`PartitionAcks` keeps the requests taken, in offset order, and moves ``position`` (the next
+offset to read, i.e. what to commit) past the finished prefix only. Committing ``position`` can
+therefore never skip a request still running or whose reply is still in flight: a worker killed at any
+moment leaves every unanswered request at or after its partition's committed offset, and the next
+owner runs it again (at-least-once).
 
-- is skipped while nothing has been committed in this process (``if committed_offset:``, None or 0
-  after every assignment): acking offset 1005 while 1000..1004 still run commits 1006;
-- is off by one: ``_committed_offset`` holds the *next* offset to read (last processed + 1), and the
-  guard is ``min(acked) - committed > 1``, so with 1006 committed and 1006 still running, acking 1007
-  commits 1008.
+The lane is released as soon as the handler returns, not when its reply is delivered: the next run of
+the same script may start while the previous reply is in flight. Replies of one lane are still produced
+in order (the producer's ``produce`` calls are), and commit positions stay in offset order.
 
-Either way a worker killed at that moment loses the requests still running. So Faust must only ever see
-acks in offset order per partition. :class:`PartitionAcks` keeps the delivered events of a partition in
-offset order and acks the completed prefix: Faust's ``_acked[tp]`` is then always a consecutive run
-starting at the committed position, and ``_new_offset`` returns (last acked + 1), i.e. it commits only
-offsets whose reply was delivered. A slow lane delays the *commit* of later offsets (so a crash re-runs
-them: at-least-once), never the *running* of other scripts.
+The worker (pipeline/worker.py) reads ``advanced()`` on a timer to commit, and ``release()`` on a
+revocation to wait (bounded) for the revoked partitions' requests and commit them once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
+#: a handler: returns None when the event is finished, else a future (its tail: the delivery of its
+#: reply) that completes when it is
+Handle = Callable[[Any], Awaitable[asyncio.Future[None] | None]]
 
-class Ackable(Protocol):
-    def ack(self) -> bool: ...
+
+class TP(NamedTuple):
+    """A topic partition (hashable, compares equal to any (topic, partition) tuple)."""
+
+    topic: str
+    partition: int
 
 
-@dataclass(slots=True)
 class _Entry:
-    offset: int
-    event: Ackable
-    done: bool = False
+    __slots__ = ("done", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.done = False
 
 
-@dataclass
 class PartitionAcks:
-    """The events of one partition taken and not yet acked, in offset order."""
+    """The requests of one partition taken and not yet finished, in offset order, and the commit
+    position their finished prefix allows."""
 
-    entries: deque[_Entry] = field(default_factory=deque)
-    last_offset: int = -1
-    acked: int = 0
+    __slots__ = ("acked", "committed", "entries", "last_offset", "position")
 
-    def add(self, offset: int, event: Ackable) -> _Entry:
-        entry = _Entry(offset, event)
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        self.last_offset = -1
+        #: next offset to read after the finished prefix (what to commit); None until one finished
+        self.position: int | None = None
+        #: the position last handed out for a commit
+        self.committed: int | None = None
+        self.acked = 0
+
+    def add(self, offset: int) -> _Entry:
+        entry = _Entry(offset)
         self.entries.append(entry)
         self.last_offset = offset
         return entry
@@ -62,93 +75,171 @@ class PartitionAcks:
         entry.done = True
         entries = self.entries
         while entries and entries[0].done:
-            entries.popleft().event.ack()
+            self.position = entries.popleft().offset + 1
             self.acked += 1
 
 
+_Item = tuple[Any, PartitionAcks, _Entry]
+
+
 class Lanes:
-    """Dispatches events to per-key lanes (asyncio tasks), at most ``max_in_flight`` events at a time.
+    """Dispatches events to per-key lanes (asyncio tasks) and tracks what may be committed.
 
     ``handle(event)`` is expected never to raise (it turns every failure into a reply); should it raise
-    anyway, the event is retried after ``retry_delay`` rather than acked, since acking would lose it.
+    anyway, or its tail fail, the event is retried after ``retry_delay`` rather than counted finished,
+    since committing past it would lose it. ``dispatch`` never waits: the caller applies backpressure
+    (the worker pauses its partitions) from ``in_flight`` and ``on_in_flight``.
     """
 
     def __init__(
         self,
-        handle: Callable[[Any], Awaitable[None]],
+        handle: Handle,
         *,
-        max_in_flight: int = 1000,
         retry_delay: float = 1.0,
         on_in_flight: Callable[[int], None] | None = None,
     ) -> None:
         self._handle = handle
-        self._slots = asyncio.Semaphore(max_in_flight)
         self._retry_delay = retry_delay
-        self._queues: dict[Hashable, asyncio.Queue[tuple[Any, PartitionAcks, _Entry]]] = {}
+        self._queues: dict[Hashable, deque[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[Hashable, PartitionAcks] = {}
         self._on_in_flight = on_in_flight
         self.in_flight = 0
 
-    async def dispatch(self, lane: Hashable, tp: Hashable, offset: int, event: Any) -> None:
-        """Queue ``event`` on ``lane``; waits while ``max_in_flight`` events are unfinished."""
-        await self._slots.acquire()
+    def dispatch(self, lane: Hashable, tp: Hashable, offset: int, event: Any) -> None:
+        """Queue ``event`` (at ``offset`` of partition ``tp``) on ``lane``."""
         acks = self._partitions.get(tp)
         if acks is None or offset <= acks.last_offset:
-            # first event of the partition, or Faust rewound it (a rebalance gave it back from the
-            # committed offset): a fresh tracker; the old one still acks its own events in order
+            # first event of the partition, or the consumer rewound it: a fresh tracker (the old one is
+            # dropped, so its late completions can no longer move the committed position)
             acks = self._partitions[tp] = PartitionAcks()
-        entry = acks.add(offset, event)
+        entry = acks.add(offset)
         self._count(+1)
         queue = self._queues.get(lane)
         if queue is None:
-            queue = self._queues[lane] = asyncio.Queue()
-            task = asyncio.get_running_loop().create_task(self._run_lane(lane, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        queue.put_nowait((event, acks, entry))
+            queue = self._queues[lane] = deque()
+            self._spawn(self._run_lane(lane, queue))
+        queue.append((event, acks, entry))
 
-    async def _run_lane(
-        self, lane: Hashable, queue: asyncio.Queue[tuple[Any, PartitionAcks, _Entry]]
-    ) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lane(self, lane: Hashable, queue: deque[_Item]) -> None:
         while True:
-            event, acks, entry = queue.get_nowait()
-            await self._handle_until_done(event)
-            acks.complete(entry)
-            self._count(-1)
-            self._slots.release()
-            if queue.empty():
+            event, acks, entry = queue.popleft()
+            tail = await self._handle_until_done(event)
+            if tail is None:
+                self._complete(acks, entry)
+            else:
+                tail.add_done_callback(functools.partial(self._tail_done, event, acks, entry))
+            if not queue:
                 # no await between this check and the removal: dispatch cannot slip an event in
                 del self._queues[lane]
                 return
 
-    async def _handle_until_done(self, event: Any) -> None:
+    async def _handle_until_done(self, event: Any) -> asyncio.Future[None] | None:
         while True:
             try:
-                await self._handle(event)
-                return
+                return await self._handle(event)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("handling an event failed; retrying it in %.1f s", self._retry_delay)
                 await asyncio.sleep(self._retry_delay)
 
+    def _tail_done(self, event: Any, acks: PartitionAcks, entry: _Entry, tail: asyncio.Future[None]) -> None:
+        if tail.cancelled():
+            return  # the worker is stopping: not finished, not committed, run again by the next owner
+        exc = tail.exception()
+        if exc is None:
+            self._complete(acks, entry)
+            return
+        log.error("an event's output failed (%s); handling it again in %.1f s", exc, self._retry_delay)
+        self._spawn(self._retry(event, acks, entry))
+
+    async def _retry(self, event: Any, acks: PartitionAcks, entry: _Entry) -> None:
+        while True:
+            await asyncio.sleep(self._retry_delay)
+            try:
+                tail = await self._handle(event)
+                if tail is not None:
+                    await tail
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handling an event failed again; retrying it in %.1f s", self._retry_delay)
+                continue
+            self._complete(acks, entry)
+            return
+
+    def _complete(self, acks: PartitionAcks, entry: _Entry) -> None:
+        acks.complete(entry)
+        self._count(-1)
+
     def _count(self, delta: int) -> None:
         self.in_flight += delta
         if self._on_in_flight is not None:
             self._on_in_flight(self.in_flight)
+
+    # ---- commits ---------------------------------------------------------------------------------
+    def position(self, tp: Hashable) -> int | None:
+        """The offset partition ``tp`` may be committed at (None: nothing finished yet)."""
+        acks = self._partitions.get(tp)
+        return None if acks is None else acks.position
+
+    def advanced(self) -> list[tuple[Any, int]]:
+        """(partition, position) of every partition whose position moved since it was last handed out;
+        handing it out marks it committed (``recommit`` undoes that after a failed commit)."""
+        out = []
+        for tp, acks in self._partitions.items():
+            position = acks.position
+            if position is not None and position != acks.committed:
+                acks.committed = position
+                out.append((tp, position))
+        return out
+
+    def recommit(self, tps: Iterable[Hashable]) -> None:
+        """A commit of ``tps`` failed: hand their positions out again at the next ``advanced``."""
+        for tp in tps:
+            acks = self._partitions.get(tp)
+            if acks is not None:
+                acks.committed = None
+
+    async def release(self, tps: Iterable[Hashable], timeout: float) -> dict[Any, int]:
+        """Partitions ``tps`` are revoked: wait up to ``timeout`` s for the requests taken from them to
+        finish, then forget them and return their final positions (those with any finished).
+
+        Requests still unfinished then are never committed by this worker (their tracker is gone):
+        the partition's next owner runs them again."""
+        wanted = [tp for tp in tps if tp in self._partitions]
+        deadline = time.monotonic() + timeout
+        while any(self._partitions[tp].entries for tp in wanted if tp in self._partitions):
+            if time.monotonic() >= deadline:
+                busy = {str(tp): len(self._partitions[tp].entries) for tp in wanted if tp in self._partitions}
+                log.warning("revoked partitions still running after %.1f s: %s", timeout, busy)
+                break
+            await asyncio.sleep(0.005)
+        out: dict[Any, int] = {}
+        for tp in wanted:
+            acks = self._partitions.pop(tp, None)
+            if acks is not None and acks.position is not None:
+                out[tp] = acks.position
+        return out
 
     @property
     def lanes(self) -> int:
         return len(self._queues)
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Wait until every dispatched event has been handled."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Wait until every dispatched event has finished (or ``timeout`` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.in_flight and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(0.005)
 
     async def close(self) -> None:
-        """Cancel the lanes: their unfinished events stay un-acked and run again after a restart."""
+        """Cancel the lanes: their unfinished events are never committed and run again after a restart."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

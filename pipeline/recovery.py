@@ -27,8 +27,9 @@ How, with no cost in the steady state:
 Expired and unreadable requests are answered without running, so they get no marker.
 
 A record written by this very process never counts as a crash (the writer is alive: it is a rebalance
-giving the partition back), and a graceful handoff commits what was done (Faust waits for the acks on
-revocation), so only a death without progress increments the counts.
+giving the partition back), and a graceful handoff commits what was done (the worker waits for the
+revoked partitions' requests and commits them before letting go), so only a death without progress
+increments the counts.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -47,6 +48,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline.errors import BrokerError
+from pipeline.lanes import TP
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -184,27 +186,23 @@ class Isolation:
 
 
 class IsolatedEvent:
-    """A Faust event routed to its partition's isolation lane (what Lanes sees: ``.message``, ``.ack``)."""
+    """A request routed to its partition's isolation lane (what Lanes sees)."""
 
-    __slots__ = ("event", "isolation", "message")
+    __slots__ = ("isolation", "message")
 
-    def __init__(self, event: Any, isolation: Isolation) -> None:
-        self.event = event
+    def __init__(self, message: Any, isolation: Isolation) -> None:
+        self.message = message
         self.isolation = isolation
-        self.message = event.message
-
-    def ack(self) -> bool:
-        return bool(self.event.ack())
 
 
 class Runner(Protocol):
     """What recovery needs of the invocation handler (pipeline.worker.InvocationHandler)."""
 
-    async def handle(self, event: Any) -> None: ...
+    async def handle(self, msg: Any) -> asyncio.Future[None] | None: ...
 
     def will_run(self, msg: Any) -> bool: ...
 
-    async def give_up(self, event: Any, attempts: int) -> None: ...
+    async def give_up(self, msg: Any, attempts: int) -> None: ...
 
 
 class RecoveryLog:
@@ -302,17 +300,20 @@ def _retrying(call: Callable[[], T], deadline: float) -> T:
 
 @dataclass
 class Recovery:
-    """Wires crash recovery into the worker: partition signals → plans; events → lanes; runs."""
+    """Wires crash recovery into the worker: assignments → plans; requests → lanes; isolated runs.
+
+    ``plan`` runs in the worker's consumer thread, inside the assignment callback, before any message
+    of the new partitions is fetched; ``assigned``/``revoked``/``route``/``handle`` run on the loop."""
 
     settings: Settings
     me: str
     runner: Runner
     group_id: str
     store: RecoveryLog | None = None
-    _plans: dict[Any, asyncio.Future[Isolation | None]] = field(default_factory=dict)
+    _plans: dict[Any, Isolation | None] = field(default_factory=dict)
 
     def start(self) -> None:
-        """Blocking: read the recovery topic to its end (call from a thread, before the app starts)."""
+        """Blocking: read the recovery topic to its end (call from a thread, before consuming)."""
         self.store = RecoveryLog(self.settings, self.group_id)
         self.store.catch_up()
 
@@ -320,61 +321,54 @@ class Recovery:
         if self.store is not None:
             self.store.close()
 
-    def attach(self, app: Any) -> None:
-        """Connect to Faust's rebalance signals (sent with the partitions paused, before fetching)."""
-        invocations = Topics(self.settings).invocations
+    def plan(self, tps: list[TP]) -> dict[TP, Isolation | None]:
+        """Blocking: decide how to run newly assigned partitions (None: normal parallel lanes)."""
+        try:
+            return self._decide(tps)
+        except Exception:
+            # never stop the partition over this: it runs as it did before recovery existed
+            log.exception("crash-recovery check failed for %s; running unguarded", tps)
+            return {}
 
-        async def on_assigned(sender: Any, assigned: Collection[Any], **_: Any) -> None:
-            tps = [tp for tp in assigned if tp.topic == invocations and tp not in self._plans]
-            if tps:
-                await self._plan(tps)
+    def assigned(self, plans: dict[TP, Isolation | None]) -> None:
+        self._plans.update(plans)
 
-        async def on_revoked(sender: Any, revoked: Collection[Any], **_: Any) -> None:
-            for tp in revoked:  # Faust rewinds them to the committed offset: plan again when back
-                self._plans.pop(tp, None)
+    def revoked(self, tps: Iterable[Hashable]) -> None:
+        for tp in tps:  # read again from the committed offset when back: planned again then
+            self._plans.pop(tp, None)
 
-        app.on_partitions_assigned.connect(on_assigned)
-        app.on_partitions_revoked.connect(on_revoked)
-
-    async def route(self, event: Any) -> tuple[Hashable, Any]:
-        """The lane for ``event`` and what to dispatch: (script key, event) normally, or
+    def route(self, msg: Any) -> tuple[Hashable, Any]:
+        """The lane for ``msg`` and what to dispatch: (script key, msg) normally, or
         (the partition's isolation lane, IsolatedEvent) inside an isolation window."""
-        msg = event.message
-        tp = msg.tp
-        plan = self._plans.get(tp)
-        if plan is None:  # an event ahead of the assignment signal: plan here
-            await self._plan([tp])
-            plan = self._plans[tp]
-        elif not plan.done():
-            await plan
-        isolation = plan.result()
+        isolation = self._plans.get(msg.tp)
         if isolation is None:
-            return msg.key, event
+            return msg.key, msg
+        tp = msg.tp
         if msg.offset >= isolation.until and isolation.pending == 0:
             log.warning("%s: isolation window done, back to parallel lanes", _name(tp))
-            self._plans[tp] = _done(None)
-            return msg.key, event
+            self._plans[tp] = None
+            return msg.key, msg
         isolation.pending += 1
-        return ("isolated", tp), IsolatedEvent(event, isolation)
+        return ("isolated", tp), IsolatedEvent(msg, isolation)
 
-    async def handle(self, event: Any) -> None:
-        """The lanes' handler: normal events straight to the runner, isolated ones guarded."""
-        if type(event) is not IsolatedEvent:
-            await self.runner.handle(event)
-            return
-        await self._run_isolated(event)
-        event.isolation.pending -= 1
+    async def handle(self, item: Any) -> asyncio.Future[None] | None:
+        """The lanes' handler: normal requests straight to the runner, isolated ones guarded (and
+        finished, reply delivered, before the next isolated one starts: see ``_run_isolated``)."""
+        if type(item) is not IsolatedEvent:
+            return await self.runner.handle(item)
+        await self._run_isolated(item.message)
+        item.isolation.pending -= 1
+        return None
 
-    async def _run_isolated(self, event: IsolatedEvent) -> None:
-        msg = event.message
+    async def _run_isolated(self, msg: Any) -> None:
         if self.store is None or not self.runner.will_run(msg):
-            await self.runner.handle(event)  # answered without running: no marker needed
+            await _finish(await self.runner.handle(msg))  # answered without running: no marker needed
             return
         key = partition_key(msg.topic, msg.partition)
         record = self.store.records.get(key) or RecoveryRecord(msg.offset, worker=self.me)
         step = before_run(record, msg.offset, self.settings.max_attempts, self.me)
         if step.skip:
-            return  # acked by the lane: its reply went out before the marker moved past it
+            return  # finished: its reply went out before the marker moved past it
         if step.write:
             await asyncio.to_thread(self.store.write, key, step.record)
         if step.give_up:
@@ -384,38 +378,25 @@ class Recovery:
                 msg.offset,
                 step.record.attempts,
             )
-            await self.runner.give_up(event, step.record.attempts)
+            await self.runner.give_up(msg, step.record.attempts)
         else:
-            await self.runner.handle(event)
+            # the reply must be delivered before the next marker says this offset was answered
+            await _finish(await self.runner.handle(msg))
 
-    async def _plan(self, tps: list[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        futures = {tp: loop.create_future() for tp in tps}
-        self._plans.update(futures)
-        decided: dict[Any, Isolation | None] = {}
-        try:
-            decided = await self._decide(tps)
-        except Exception:
-            # never stop the partition over this: it runs as it did before recovery existed
-            log.exception("crash-recovery check failed for %s; running unguarded", tps)
-        for tp, fut in futures.items():
-            if not fut.done():
-                fut.set_result(decided.get(tp))
-
-    async def _decide(self, tps: list[Any]) -> dict[Any, Isolation | None]:
+    def _decide(self, tps: list[TP]) -> dict[TP, Isolation | None]:
         store = self.store
-        if store is None:
+        if store is None or not tps:
             return {}
         topic = tps[0].topic
-        await asyncio.to_thread(store.catch_up)
-        offsets = await asyncio.to_thread(store.offsets, topic, [tp.partition for tp in tps])
-        decided: dict[Any, Isolation | None] = {}
+        store.catch_up()
+        offsets = store.offsets(topic, [tp.partition for tp in tps])
+        decided: dict[TP, Isolation | None] = {}
         for tp in tps:
             committed, high = offsets[tp.partition]
             key = partition_key(tp.topic, tp.partition)
             plan = plan_assignment(store.records.get(key), committed, high, self.me)
             if plan.write:
-                await asyncio.to_thread(store.write, key, plan.record)
+                store.write(key, plan.record)
             if plan.isolate_until is not None:
                 log.warning(
                     "%s: %d assignment(s) without progress at offset %d: running [%d, %d) one at a time",
@@ -431,10 +412,9 @@ class Recovery:
         return decided
 
 
-def _done(value: Isolation | None) -> asyncio.Future[Isolation | None]:
-    fut: asyncio.Future[Isolation | None] = asyncio.get_running_loop().create_future()
-    fut.set_result(value)
-    return fut
+async def _finish(tail: asyncio.Future[None] | None) -> None:
+    if tail is not None:
+        await tail
 
 
 def _name(tp: Any) -> str:

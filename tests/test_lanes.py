@@ -1,10 +1,10 @@
 """Per-script lanes (pipeline.lanes): one lane's events run in order, lanes run concurrently, and a
-partition's events are acked strictly in offset order however the lanes finish (no Kafka needed)."""
+partition's commit position only ever covers finished events, however the lanes finish (no Kafka)."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.lanes import Lanes
@@ -15,31 +15,31 @@ class FakeEvent:
     offset: int
     lane: str
     delay: float
-    acks: list[int] = field(default_factory=list)
-
-    def ack(self) -> bool:
-        self.acks.append(self.offset)
-        return True
 
 
-async def test_acks_follow_offsets_while_lanes_finish_out_of_order() -> None:
-    acked: list[int] = []
+async def test_positions_follow_offsets_while_lanes_finish_out_of_order() -> None:
     ran: list[tuple[str, int]] = []
+    positions: list[int | None] = []
+    lanes: Lanes
 
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
         ran.append((event.lane, event.offset))
+        positions.append(lanes.position("tp0"))
 
-    lanes = Lanes(handle, max_in_flight=100)
+    lanes = Lanes(handle)
     # offset 0 is slow (lane "slow"); offsets 1..5 of lane "fast" finish long before it
-    events = [FakeEvent(0, "slow", 0.2, acked)] + [FakeEvent(i, "fast", 0.0, acked) for i in range(1, 6)]
+    events = [FakeEvent(0, "slow", 0.2)] + [FakeEvent(i, "fast", 0.0) for i in range(1, 6)]
     for e in events:
-        await lanes.dispatch(e.lane, "tp0", e.offset, e)
+        lanes.dispatch(e.lane, "tp0", e.offset, e)
     await asyncio.sleep(0.05)
     assert [o for lane, o in ran if lane == "fast"] == [1, 2, 3, 4, 5]  # not held up by the slow lane
-    assert acked == []  # ... but none may be acked before offset 0: a commit would skip it
+    # ... but nothing may be committable before offset 0 is finished: a commit would skip it
+    assert lanes.position("tp0") is None and positions == [None] * 5
+    assert lanes.advanced() == []
     await lanes.drain()
-    assert acked == [0, 1, 2, 3, 4, 5]
+    assert lanes.position("tp0") == 6
+    assert lanes.advanced() == [("tp0", 6)] and lanes.advanced() == []  # handed out once
 
 
 async def test_one_lane_runs_its_events_one_at_a_time_in_order() -> None:
@@ -57,36 +57,103 @@ async def test_one_lane_runs_its_events_one_at_a_time_in_order() -> None:
 
     lanes = Lanes(handle)
     for i in range(20):
-        await lanes.dispatch("one-script", "tp0", i, FakeEvent(i, "one-script", 0))
+        lanes.dispatch("one-script", "tp0", i, FakeEvent(i, "one-script", 0))
     await lanes.drain()
     assert most == 1 and order == list(range(20))
+    assert lanes.position("tp0") == 20
 
 
-async def test_a_failing_handler_is_retried_not_acked() -> None:
-    acked: list[int] = []
+async def test_the_lane_moves_on_while_a_tail_is_pending_but_the_position_waits_for_it() -> None:
+    """A handler's tail (its reply's delivery) releases the lane, not the commit position."""
+    loop = asyncio.get_running_loop()
+    tails: dict[int, asyncio.Future[None]] = {}
+    started: list[int] = []
+
+    async def handle(event: Any) -> asyncio.Future[None]:
+        started.append(event.offset)
+        tails[event.offset] = loop.create_future()
+        return tails[event.offset]
+
+    lanes = Lanes(handle)
+    for i in range(3):
+        lanes.dispatch("s", "tp0", i, FakeEvent(i, "s", 0))
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2]  # all ran although no reply was delivered yet
+    assert lanes.position("tp0") is None and lanes.in_flight == 3
+    tails[1].set_result(None)
+    tails[2].set_result(None)
+    await asyncio.sleep(0)
+    assert lanes.position("tp0") is None  # offset 0's reply is still in flight
+    tails[0].set_result(None)
+    await asyncio.sleep(0)
+    assert lanes.position("tp0") == 3 and lanes.in_flight == 0
+
+
+async def test_a_failing_handler_is_retried_not_finished() -> None:
     calls = 0
+    positions: list[int | None] = []
+    lanes: Lanes
 
     async def handle(event: Any) -> None:
         nonlocal calls
         calls += 1
+        positions.append(lanes.position("tp0"))
         if calls < 3:
             raise RuntimeError("broker down")
 
     lanes = Lanes(handle, retry_delay=0.01)
-    await lanes.dispatch("s", "tp0", 7, FakeEvent(7, "s", 0, acked))
+    lanes.dispatch("s", "tp0", 7, FakeEvent(7, "s", 0))
     await lanes.drain()
-    assert calls == 3 and acked == [7]
+    assert calls == 3 and positions == [None, None, None] and lanes.position("tp0") == 8
+
+
+async def test_a_failed_tail_handles_the_event_again_before_it_counts_finished() -> None:
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    async def handle(event: Any) -> asyncio.Future[None]:
+        nonlocal calls
+        calls += 1
+        tail: asyncio.Future[None] = loop.create_future()
+        if calls == 1:
+            tail.set_exception(RuntimeError("dead-letter topic down"))
+        else:
+            tail.set_result(None)
+        return tail
+
+    lanes = Lanes(handle, retry_delay=0.01)
+    lanes.dispatch("s", "tp0", 4, FakeEvent(4, "s", 0))
+    await asyncio.sleep(0.001)
+    assert lanes.position("tp0") is None
+    await lanes.drain()
+    assert calls == 2 and lanes.position("tp0") == 5
 
 
 async def test_a_rewound_partition_gets_a_fresh_tracker() -> None:
-    acked: list[int] = []
-
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
 
     lanes = Lanes(handle)
-    await lanes.dispatch("a", "tp0", 10, FakeEvent(10, "a", 0.05, acked))
-    # a rebalance gave the partition back from its committed offset: 10 arrives again
-    await lanes.dispatch("b", "tp0", 10, FakeEvent(10, "b", 0.0, acked))
+    lanes.dispatch("a", "tp0", 10, FakeEvent(10, "a", 0.05))
+    # the consumer gave the partition back from its committed offset: 10 arrives again
+    lanes.dispatch("b", "tp0", 10, FakeEvent(10, "b", 0.0))
+    await asyncio.sleep(0.01)
+    assert lanes.position("tp0") == 11  # the fresh tracker's own offset 10
     await lanes.drain()
-    assert sorted(acked) == [10, 10]
+    assert lanes.position("tp0") == 11
+
+
+async def test_release_waits_for_the_revoked_partition_then_forgets_it() -> None:
+    async def handle(event: Any) -> None:
+        await asyncio.sleep(event.delay)
+
+    lanes = Lanes(handle)
+    lanes.dispatch("a", "tp0", 0, FakeEvent(0, "a", 0.05))
+    lanes.dispatch("b", "tp0", 1, FakeEvent(1, "b", 0.0))
+    lanes.dispatch("c", "tp1", 0, FakeEvent(0, "c", 1.0))
+    assert await lanes.release(["tp0"], timeout=2.0) == {"tp0": 2}  # waited for offset 0
+    assert lanes.position("tp0") is None  # forgotten: a re-assignment starts a fresh tracker
+    # bounded: what is unfinished at the deadline is not committed (the next owner re-runs it)
+    assert await lanes.release(["tp1"], timeout=0.05) == {}
+    await lanes.drain()
+    assert lanes.advanced() == []  # the late completion of tp1@0 moves no committed position

@@ -6,13 +6,12 @@ plays one step of that story (or of the ordinary cases that must cost nothing).
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from faust.types import TP
 
+from pipeline.lanes import TP
 from pipeline.recovery import (
     IsolatedEvent,
     Isolation,
@@ -147,29 +146,26 @@ class FakeRunner:
         self.log: list[tuple[str, int]] = []
         self.expired = expired
 
-    async def handle(self, event: Any) -> None:
-        self.log.append(("run", event.message.offset))
+    async def handle(self, msg: Any) -> None:
+        self.log.append(("run", msg.offset))
 
     def will_run(self, msg: Any) -> bool:
         return msg.offset not in self.expired
 
-    async def give_up(self, event: Any, attempts: int) -> None:
-        self.log.append((f"give_up/{attempts}", event.message.offset))
+    async def give_up(self, msg: Any, attempts: int) -> None:
+        self.log.append((f"give_up/{attempts}", msg.offset))
 
 
 def _event(offset: int, key: bytes = b"s") -> Any:
     tp = TP("t.invocations", 0)
-    msg = SimpleNamespace(tp=tp, topic=tp.topic, partition=0, offset=offset, key=key)
-    return SimpleNamespace(message=msg, ack=lambda: True)
+    return SimpleNamespace(tp=tp, topic=tp.topic, partition=0, offset=offset, key=key)
 
 
 def _recovery(runner: FakeRunner, store: FakeStore, isolation: Isolation | None) -> tuple[Recovery, Any]:
     recovery = Recovery(Settings(topic_prefix="t", max_attempts=3), ME, runner, group_id="g")
     recovery.store = store  # type: ignore[assignment]
-    tp = _event(0).message.tp
-    fut: asyncio.Future[Isolation | None] = asyncio.get_running_loop().create_future()
-    fut.set_result(isolation)
-    recovery._plans[tp] = fut
+    tp = _event(0).tp
+    recovery.assigned({tp: isolation})
     return recovery, tp
 
 
@@ -177,7 +173,7 @@ async def test_normal_partitions_go_straight_to_their_script_lane() -> None:
     runner, store = FakeRunner(), FakeStore({})
     recovery, _ = _recovery(runner, store, None)
     event = _event(5, key=b"script-a")
-    lane, item = await recovery.route(event)
+    lane, item = recovery.route(event)
     assert (lane, item) == (b"script-a", event)
     await recovery.handle(item)
     assert runner.log == [("run", 5)] and store.writes == []
@@ -188,7 +184,7 @@ async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_
     store = FakeStore({key: RecoveryRecord(10, no_progress=1, running=11, attempts=3, worker=ME)})
     runner = FakeRunner(expired={12})
     recovery, tp = _recovery(runner, store, Isolation(until=13))
-    routed = [await recovery.route(_event(offset, key=f"s{offset}".encode())) for offset in (10, 11, 12, 13)]
+    routed = [recovery.route(_event(offset, key=f"s{offset}".encode())) for offset in (10, 11, 12, 13)]
     lanes = {lane for lane, _ in routed}
     assert lanes == {("isolated", tp)}  # 13 waits behind the window: the isolated ones are unfinished
     assert all(isinstance(item, IsolatedEvent) for _, item in routed)
@@ -198,7 +194,7 @@ async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_
     assert runner.log == [("give_up/3", 11), ("run", 12), ("run", 13)]
     # a marker before each run; none for the given-up one (already counted) nor the expired one
     assert [(r.running, r.attempts) for _, r in store.writes] == [(13, 0)]
-    lane, item = await recovery.route(_event(14, key=b"s14"))
+    lane, item = recovery.route(_event(14, key=b"s14"))
     assert (lane, type(item).__name__) == (b"s14", "SimpleNamespace")
 
 
@@ -206,5 +202,5 @@ async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_
 async def test_normal_lanes_resume_only_when_no_isolated_request_is_left(pending: int) -> None:
     runner, store = FakeRunner(), FakeStore({})
     recovery, tp = _recovery(runner, store, Isolation(until=10, pending=pending))
-    lane, _ = await recovery.route(_event(10, key=b"s"))
+    lane, _ = recovery.route(_event(10, key=b"s"))
     assert lane == (("isolated", tp) if pending else b"s")

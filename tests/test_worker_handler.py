@@ -1,24 +1,31 @@
-"""InvocationHandler without Kafka: crash retries, dead letters and replies (a fake producer and pool)."""
+"""InvocationHandler without Kafka: crash retries, dead letters and replies (a fake output and pool)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
 
 from pipeline.codec import codec
+from pipeline.errors import BrokerError
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition
 from pipeline.settings import Settings
-from pipeline.worker import InvocationHandler
+from pipeline.worker import REPLY_TRIES, InvocationHandler
 from sandbox.types import Outcome, Reason, ScriptType
 
 
-class FakeProducer:
+class FakeOutput:
+    """pipeline.worker.Output's interface: every message delivered at once."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    async def send_and_wait(self, topic: str, key: bytes, value: bytes, *rest: Any) -> None:
+    def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
         self.sent.append((topic, key, value))
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
 
 
 class CrashingPool:
@@ -45,9 +52,9 @@ class OneScript:
 
 async def test_a_crashing_request_is_retried_then_dead_lettered_and_answered_crash() -> None:
     settings = Settings(topic_prefix="unit", max_attempts=3)
-    producer = FakeProducer()
+    producer = FakeOutput()
     pool = CrashingPool()
-    fakes: Any = (SimpleNamespace(producer=producer), OneScript(), pool)
+    fakes: Any = (producer, OneScript(), pool)
     handler = InvocationHandler(fakes[0], settings, fakes[1], fakes[2], "w1")
     now = int(time.time() * 1000)
     request = InvocationRequest.create(
@@ -66,11 +73,13 @@ async def test_a_crashing_request_is_retried_then_dead_lettered_and_answered_cra
         offset=5,
         value=value,
         key=b"s",
-        timestamp=now / 1000,
+        timestamp_ms=now,
         headers=[],
     )
 
-    await handler.handle(SimpleNamespace(message=msg))
+    tail = await handler.handle(msg)
+    assert tail is not None
+    await tail  # finished once the reply is delivered
 
     assert pool.runs == 3
     by_topic = {topic: v for topic, _, v in producer.sent}
@@ -79,3 +88,77 @@ async def test_a_crashing_request_is_retried_then_dead_lettered_and_answered_cra
     reply = codec(InvocationReply).decode(by_topic["replies"])
     assert reply.outcome_dict["reason"] == "crash" and reply.version == 3
     assert [t for t, _, _ in producer.sent] == ["unit.dlq", "replies"]  # dead letter first, then answer
+
+
+class HeldOutput(FakeOutput):
+    """Deliveries complete only when the test says so; replies to ``broken`` topics fail."""
+
+    def __init__(self, broken: str = "") -> None:
+        super().__init__()
+        self.broken = broken
+        self.pending: list[asyncio.Future[None]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if topic == self.broken:
+            fut.set_exception(BrokerError("Broker: Unknown topic or partition"))
+        else:
+            self.pending.append(fut)
+        return fut
+
+
+class OkPool:
+    async def run(self, script: Any, invocation: Any) -> Outcome:
+        return Outcome.success({"ok": True}, duration_ms=0.1)
+
+
+def _message(request: InvocationRequest, offset: int = 5) -> Any:
+    return SimpleNamespace(
+        topic="unit.invocations",
+        partition=0,
+        offset=offset,
+        value=codec(InvocationRequest).encode(request),
+        key=request.script.encode(),
+        timestamp_ms=request.timestamp_ms,
+        headers=[],
+    )
+
+
+def _request(reply_topic: str) -> InvocationRequest:
+    now = int(time.time() * 1000)
+    return InvocationRequest.create(
+        call_id="c2",
+        script="s",
+        vars={},
+        reply_topic=reply_topic,
+        deadline_ms=now + 10_000,
+        timestamp_ms=now,
+        account="a",
+    )
+
+
+async def test_handle_returns_when_the_reply_is_produced_and_its_tail_when_delivered() -> None:
+    output = HeldOutput()
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    tail = await handler.handle(_message(_request("replies")))
+    assert tail is not None and [t for t, _, _ in output.sent] == ["replies"]
+    await asyncio.sleep(0.01)
+    assert not tail.done()  # not finished (not committable) before the broker has the reply
+    output.pending[0].set_result(None)
+    await asyncio.wait_for(tail, 1)
+
+
+async def test_an_undeliverable_reply_is_retried_then_the_request_dead_lettered() -> None:
+    output = HeldOutput(broken="gone")
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    tail = await handler.handle(_message(_request("gone")))
+    assert tail is not None
+    while not output.pending:  # the dead letter, after REPLY_TRIES failed deliveries
+        await asyncio.sleep(0.05)
+    assert not tail.done()  # finished only once the dead letter is delivered
+    output.pending[0].set_result(None)
+    await asyncio.wait_for(tail, 1)
+    assert [t for t, _, _ in output.sent] == ["gone"] * REPLY_TRIES + ["unit.dlq"]
+    dead = codec(DeadLetter).decode(output.sent[-1][2])
+    assert (dead.reason, dead.call_id, dead.source_offset) == ("reply_undeliverable", "c2", 5)

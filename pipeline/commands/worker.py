@@ -1,4 +1,4 @@
-"""``scriptforge worker``: the Faust worker running invocations (creates the topics first)."""
+"""``scriptforge worker``: the worker running invocations from Kafka (creates the topics first)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ One in-process worker serves the whole module under a unique topic prefix; the k
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import signal
@@ -349,5 +350,55 @@ async def test_worker_killed_mid_flight_loses_nothing(kafka_bootstrap: str, tmp_
             assert not pending, f"{len(pending)} call ids got no reply"
             for call_id, fut in futures.items():
                 assert fut.result().outcome_dict["response"] == int(call_id.split("-")[1])
+    finally:
+        _cleanup(settings)
+
+
+# ---- rebalance: partitions handed over between live workers -----------------------------------------
+
+
+@pytest.mark.slow
+async def test_partitions_handed_over_between_workers_lose_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A second worker joins mid-load (cooperative rebalance: some partitions move), then the first
+    stops: each revocation waits for the moving partitions' requests and commits them, so every call
+    gets its reply and, the handovers being graceful, none is run twice. max_in_flight is small so
+    the partitions are paused and resumed all along."""
+    settings = dataclasses.replace(_settings(kafka_bootstrap, tmp_path), sandbox_processes=1)
+    scripts = [f"r{i}" for i in range(8)]
+    try:
+        with ScriptRegistry(settings) as reg:
+            for name in scripts:
+                reg.deploy(
+                    "default",
+                    name,
+                    "function main(d) { var s = 0; for (var i = 0; i < 20000; i++) s += i; return d.n; }",
+                )
+        first, second = Worker(settings, max_in_flight=10), Worker(settings, max_in_flight=10)
+        await first.start()
+        try:
+            async with InvocationClient(kafka_bootstrap, settings) as client:
+                futures = {}
+                for n in range(3000):
+                    request, fut = client.submit(
+                        scripts[n % len(scripts)], {"n": n}, timeout_ms=120_000, call_id=f"call-{n}"
+                    )
+                    futures[request.call_id] = fut
+                    if n == 1000:
+                        await second.start()
+                    elif n == 2000:
+                        await first.stop()
+                    if n % 100 == 0:
+                        await asyncio.sleep(0.05)
+                done, pending = await asyncio.wait(futures.values(), timeout=90)
+                await asyncio.sleep(0.5)  # let late duplicates arrive to be counted
+                print(f"replies {len(done)}/3000, lost {len(pending)}, duplicates {client.duplicates}")
+                assert not pending, f"{len(pending)} call ids got no reply"
+                assert client.duplicates == 0
+                for call_id, fut in futures.items():
+                    assert fut.result().outcome_dict["response"] == int(call_id.split("-")[1])
+        finally:
+            await second.stop()
     finally:
         _cleanup(settings)
