@@ -184,7 +184,7 @@ async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
 
         cold = percentiles(await _timed(min(n, 300), cold_step))
         throughput = await _throughput(pool, vars_json, seconds=3.0)
-        beside = await _beside_hostile(pool, vars_json, n=min(n, 1000))
+        beside = await _beside_hostile(pool, vars_json, n=n)
         report["pool_processes"] = pool.stats()["processes"]
 
     limit_p50 = bare["p50_us"] + inproc["p50_us"]

@@ -157,11 +157,13 @@ class _Process:
         self.conn.send_bytes(data)
 
     def demote(self) -> None:
-        """Lowers the CPU priority of a process whose run is long, so runs of other scripts on the
-        same cores (short by nature) preempt it at once: a slow script slows only its own lane."""
+        """Moves a process whose run is long to SCHED_IDLE: it gets CPU only when nothing else wants
+        it, so runs of other scripts on the same cores preempt it at once and a slow or hostile script
+        slows only its own lane. (Measured beside an endless loop, a neighbour's p99 stayed within
+        noise of its p99 alone, with either SCHED_IDLE or nice 19; SCHED_IDLE is the firmer bound.)"""
         if self.alive and self.pid:
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, self.pid, 19)
+                os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
                 self.demoted = True
 
     def restore_priority(self) -> None:
@@ -169,9 +171,9 @@ class _Process:
             return
         self.demoted = False
         try:
-            os.setpriority(os.PRIO_PROCESS, self.pid, 0)
+            os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
         except PermissionError:
-            self.kill()  # raising priority needs privileges: replace the process instead
+            self.kill()  # leaving SCHED_IDLE may need privileges: replace the process instead
         except OSError:
             pass
 
