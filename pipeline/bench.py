@@ -58,19 +58,11 @@ from pipeline.records import InvocationReply, InvocationRequest
 from pipeline.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.topics import delete_topics
+from sandbox.bench import ROUTING_SCRIPT
 
 _REQUESTS = codec(InvocationRequest)
 _REPLIES = codec(InvocationReply)
 
-ROUTING_SCRIPT = """
-async function main(data) {
-  const r = data.routing;
-  if (r.dest_number.startsWith('1900')) throw new Error('403 Premium numbers barred');
-  r.egress_routing = r.egress_routing.filter(function (d) { return d.gw; });
-  r.headers = [{ key: 'X-Screened', value: 'yes' }];
-  return data;
-}
-"""
 
 #: the variables of a routing call as the routing engine sends them (about 600 bytes of JSON)
 ROUTING_VARS: dict[str, Any] = {

@@ -42,7 +42,7 @@ class PoolConfig:
     address_space_mb: int = 2048
     seccomp: bool = True
     spawn_timeout_s: float = 20.0
-    #: a run longer than this gets its process's CPU priority lowered until it ends
+    #: a run that has used this much CPU gets its process moved to SCHED_IDLE until it ends
     demote_after_ms: float = 5.0
     #: how often the watchdog looks at running runs (deadlines are enforced within this)
     watchdog_tick_ms: float = 5.0
@@ -61,6 +61,7 @@ class _Process:
         self.busy = False
         self.demoted = False
         self.run_started = 0.0  # monotonic start of the current run, 0 when none
+        self.run_cpu_start = -1  # the process's CPU ns when the watchdog first saw the run
         self.hard_deadline = float("inf")
         self.warm: set[str] = set()
         self._waiter: asyncio.Future[bytes] | None = None
@@ -145,16 +146,33 @@ class _Process:
             self._waiter = None
 
     def check(self, now: float, demote_after: float) -> None:
-        """Called by the watchdog: demotes a long run, expires one past its hard deadline."""
+        """Called by the watchdog: demotes a run that has burnt CPU, expires one past its hard deadline.
+
+        Demotion counts the process's own CPU time, not the run's wall time: on a saturated machine
+        every run waits for a core, and demoting those by wall time would starve ordinary runs (seen:
+        revocations timing out while demoted runs waited). The first tick of a run takes the baseline,
+        so runs shorter than a tick cost no read at all."""
         if not self.busy or self.run_started == 0.0:
             return
-        if not self.demoted and now - self.run_started > demote_after:
-            self.demote()
+        if not self.demoted:
+            used = self.cpu_ns()
+            if self.run_cpu_start < 0:
+                self.run_cpu_start = used
+            elif used - self.run_cpu_start > demote_after * 1e9:
+                self.demote()
         if now > self.hard_deadline and self._waiter is not None:
             _expire(self._waiter)
 
     def send(self, data: bytes) -> None:
         self.conn.send_bytes(data)
+
+    def cpu_ns(self) -> int:
+        """CPU time the process has used, in ns (0 when it cannot be read)."""
+        try:
+            with open(f"/proc/{self.pid}/schedstat", "rb") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def demote(self) -> None:
         """Moves a process whose run is long to SCHED_IDLE: it gets CPU only when nothing else wants
@@ -387,7 +405,7 @@ class SandboxPool:
             return vars_json
         hard_deadline = deadline + self.config.grace_ms / 1000.0
         started = time.monotonic()
-        proc.run_started, proc.hard_deadline = started, hard_deadline
+        proc.run_started, proc.hard_deadline, proc.run_cpu_start = started, hard_deadline, -1
         self._ensure_watchdog()
         try:
             proc.send(b"X" + orjson.dumps(meta) + b"\n" + vars_json)

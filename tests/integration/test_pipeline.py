@@ -1,4 +1,3 @@
-# ruff: noqa: E402  (the real sandbox package is imported first, see _import_real_sandbox)
 """The pipeline end to end against the real broker: registry → worker → reply, by call id.
 
 One in-process worker serves the whole module under a unique topic prefix; the kill test runs its own
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import os
 import signal
 import subprocess
@@ -25,28 +23,6 @@ import pytest
 import pytest_asyncio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-
-
-def _import_real_sandbox() -> None:
-    """Import the project's ``sandbox`` package before anything else does: with ``tests/`` on sys.path
-    (pytest's prepend mode), ``import sandbox`` would find the ``tests/sandbox`` directory instead (the
-    same workaround as tests/sandbox/conftest.py)."""
-    module = sys.modules.get("sandbox")
-    if module is not None and getattr(module, "__file__", None):
-        return
-    sys.modules.pop("sandbox", None)
-    tests_dir = Path(__file__).resolve().parent.parent
-    saved = sys.path[:]
-    sys.path[:] = [
-        p for p in sys.path if Path(p or ".").resolve() not in (tests_dir, tests_dir / "integration")
-    ]
-    try:
-        importlib.import_module("sandbox")
-    finally:
-        sys.path[:] = saved
-
-
-_import_real_sandbox()
 
 from pipeline.client import InvocationClient
 from pipeline.codec import codec

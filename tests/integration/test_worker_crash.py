@@ -1,4 +1,3 @@
-# ruff: noqa: E402  (the real sandbox package is imported first, see _import_real_sandbox)
 """A request that kills its worker process, against the real broker: bounded, dead-lettered, answered.
 
 A "poison" request makes the worker exit with status 137 (as an OOM kill would) when it starts running
@@ -13,7 +12,6 @@ worker must stay up, and every other request, published before and after it, mus
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import subprocess
 import sys
@@ -24,27 +22,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-
-
-def _import_real_sandbox() -> None:
-    """As in test_pipeline.py: with ``tests/`` on sys.path, ``import sandbox`` would find the
-    ``tests/sandbox`` directory instead of the package."""
-    module = sys.modules.get("sandbox")
-    if module is not None and getattr(module, "__file__", None):
-        return
-    sys.modules.pop("sandbox", None)
-    tests_dir = Path(__file__).resolve().parent.parent
-    saved = sys.path[:]
-    sys.path[:] = [
-        p for p in sys.path if Path(p or ".").resolve() not in (tests_dir, tests_dir / "integration")
-    ]
-    try:
-        importlib.import_module("sandbox")
-    finally:
-        sys.path[:] = saved
-
-
-_import_real_sandbox()
 
 from pipeline.client import InvocationClient
 from pipeline.codec import codec
