@@ -469,16 +469,8 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
             await asyncio.to_thread(registry.deploy, "default", name, ROUTING_SCRIPT)
     finally:
         registry.close()
-    env = dict(
-        os.environ,
-        SCRIPTFORGE_BROKER=settings.broker,
-        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
-        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
-        SCRIPTFORGE_METRICS_PORT="0",
-        SCRIPTFORGE_DATA_DIR=str(settings.data_dir),
-    )
-    if opts.sandbox_processes:
-        env["SCRIPTFORGE_SANDBOX_PROCESSES"] = str(opts.sandbox_processes)
+    # metrics_port is 0 in these settings: the worker serves no metrics port during the bench
+    env = {**os.environ, **dataclasses.replace(settings, sandbox_processes=opts.sandbox_processes).to_env()}
     profile = ["-m", "cProfile", "-o", opts.profile_worker] if opts.profile_worker else []
     cmd = [sys.executable, *profile, "-m", "pipeline", "worker"]
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,11 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as SCRIPTFORGE_* variables: what a child process (a worker started by a test
+        or a benchmark) needs to read the same settings with ``from_env``."""
+        return {f.metadata["env"]: _render(getattr(self, f.name)) for f in fields(self)}
+
     @property
     def kafka_port(self) -> int:
         """Port of the first bootstrap server (used by the local broker)."""
@@ -90,6 +95,12 @@ class Settings:
         for f in fields(Settings):
             lines.append(f"  {f.metadata['env']:<32} {f.metadata['doc']} (default {f.default})")
         return "\n".join(lines)
+
+
+def _render(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _convert(name: str, env: str, raw: str, default: object) -> object:

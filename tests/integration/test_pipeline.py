@@ -264,15 +264,12 @@ async def test_malformed_requests_are_dead_lettered_answered_and_the_worker_carr
 
 
 def _spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        SCRIPTFORGE_BROKER=settings.broker,
-        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
-        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
-        SCRIPTFORGE_SANDBOX_PROCESSES="2",
-        SCRIPTFORGE_METRICS_PORT="0",
-        SCRIPTFORGE_DATA_DIR=str(settings.data_dir),
-    )
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "SCRIPTFORGE_SANDBOX_PROCESSES": "2",
+        "SCRIPTFORGE_METRICS_PORT": "0",
+    }
     cmd = [sys.executable, "-m", "pipeline", "worker"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 

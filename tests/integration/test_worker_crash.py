@@ -37,18 +37,15 @@ MAX_ATTEMPTS = 3
 
 
 def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        SCRIPTFORGE_BROKER=settings.broker,
-        SCRIPTFORGE_TOPIC_PREFIX=settings.topic_prefix,
-        SCRIPTFORGE_PARTITIONS=str(settings.partitions),
-        SCRIPTFORGE_SANDBOX_PROCESSES="1",
-        SCRIPTFORGE_METRICS_PORT="0",
-        SCRIPTFORGE_DATA_DIR=str(settings.data_dir),
-        SCRIPTFORGE_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-        SCRIPTFORGE_GROUP_INSTANCE_ID="crash-test-worker",
-        SCRIPTFORGE_TEST_CRASH_ON=poison,
-    )
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "SCRIPTFORGE_SANDBOX_PROCESSES": "1",
+        "SCRIPTFORGE_METRICS_PORT": "0",
+        "SCRIPTFORGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "SCRIPTFORGE_GROUP_INSTANCE_ID": "crash-test-worker",
+        "SCRIPTFORGE_TEST_CRASH_ON": poison,
+    }
     cmd = [sys.executable, "-m", "pipeline", "worker", "--log-level", "WARNING"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
