@@ -132,9 +132,7 @@ class InvocationClient:
             version=version,
             function=function,
         )
-        fut = self._pending.get(request.call_id)
-        if fut is None:
-            fut = self._pending[request.call_id] = self._loop.create_future()
+        fut = self.expect(request.call_id)
         self.send(request)
         return request, fut
 
