@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -53,6 +54,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.broker import probe_kafka, split_host_port
 from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
 from pipeline.codec import codec
+from pipeline.cpu import CpuMeter, children_cpu_s, pids_with, process_cpu_s, summed
 from pipeline.errors import BrokerError, CodecError
 from pipeline.records import InvocationReply, InvocationRequest
 from pipeline.registry import ScriptRegistry
@@ -189,6 +191,8 @@ class Phase:
     max_send_lag: float = 0.0
     sent_span: float = 0.0
     last_arrival: float = 0.0
+    #: CPU ms per request by component during the phase (pipeline.cpu.CpuMeter)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def replies(self) -> int:
@@ -202,10 +206,13 @@ class Phase:
 class Runner:
     """Runs phases through one BenchClient and matches replies to requests."""
 
-    def __init__(self, client: BenchClient, scripts: Sequence[str], timeout_ms: int) -> None:
+    def __init__(
+        self, client: BenchClient, scripts: Sequence[str], timeout_ms: int, meter: CpuMeter | None = None
+    ) -> None:
         self.client = client
         self.scripts = list(scripts)
         self.timeout_ms = timeout_ms
+        self.meter = meter
         self._index: dict[bytes, tuple[Phase, int]] = {}
         self._cursor = 0
         self.unknown = 0
@@ -261,6 +268,8 @@ class Runner:
         t0 = phase.t0 = time.perf_counter() + 0.05
         phase.scheduled = [t0 + i * interval for i in range(n)]
         lag = 0.0
+        if self.meter is not None:
+            self.meter.start()
         for i, (request, payload) in enumerate(requests):
             due = phase.scheduled[i]
             now = time.perf_counter()
@@ -277,6 +286,9 @@ class Runner:
             if phase.missing == 0 or time.perf_counter() > deadline:
                 break
             time.sleep(0.02)
+        if self.meter is not None:
+            self.meter.stop()
+            phase.cpu = self.meter.per_request_ms(phase.replies)
         return phase
 
     def drain(self, phases: Sequence[Phase], wait: float) -> None:
@@ -328,6 +340,7 @@ def summarize(phase: Phase) -> dict[str, Any]:
         "max_ms": _ms(got[-1]) if got else float("nan"),
         "replies_per_s": round(len(got) / span, 1),
         "max_send_lag_ms": _ms(phase.max_send_lag),
+        "cpu_ms_per_request": phase.cpu,
     }
 
 
@@ -446,7 +459,8 @@ async def _run_echo(base: Settings, prefix: str, opts: Options, workdir: Path) -
         ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            runner = Runner(client, ["echo"], opts.timeout_ms)
+            meter = CpuMeter({**_common_cpu(), "echo": functools.partial(process_cpu_s, proc.pid)})
+            runner = Runner(client, ["echo"], opts.timeout_ms, meter)
             target.extra["startup_s"] = round(
                 await asyncio.to_thread(runner.warm_up, 60.0, lambda: proc.poll() is None), 2
             )
@@ -479,7 +493,10 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         async with BenchClient(settings, keep_values=True) as client:
-            runner = Runner(client, names, opts.timeout_ms)
+            worker = functools.partial(process_cpu_s, proc.pid)
+            sandboxes = functools.partial(children_cpu_s, proc.pid)
+            meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
+            runner = Runner(client, names, opts.timeout_ms, meter)
             try:
                 target.extra["startup_s"] = round(
                     await asyncio.to_thread(runner.warm_up, 90.0, lambda: proc.poll() is None), 2
@@ -495,6 +512,13 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
         _stop(proc, timeout=30.0 if opts.profile_worker else 15.0)
         log.close()
     return target
+
+
+def _common_cpu() -> dict[str, Callable[[], float]]:
+    """The load generator (this process, all its threads) and the local broker (when one runs here)."""
+    brokers = pids_with(b"kafka.Kafka")
+    broker = summed(functools.partial(process_cpu_s, p) for p in brokers)
+    return {"load_generator": time.process_time, "broker": broker}
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -606,6 +630,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"sent {r['sent']}, replies {r['replies']}, lost {r['lost']}, duplicates {r['duplicates']}"
         f"   (target none lost: {mark(t['none_lost'])})",
     ]
+    for name, key in (("echo", "echo_fixed"), ("ScriptForge", "sf_fixed")):
+        cpu = r[key].get("cpu_ms_per_request") or {}
+        if cpu:
+            parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "cores_busy")
+            busy = cpu["cores_busy"]
+            lines.append(f"{name} CPU ms per request at {r['rate']}/s: {parts} ({busy} cores busy)")
     if r["sf_error_replies"]:
         lines.append(f"ScriptForge error replies: {r['sf_error_replies']}")
     if r["sf_breakdown"]:
