@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -166,6 +167,18 @@ class _Process:
     def send(self, data: bytes) -> None:
         self.conn.send_bytes(data)
 
+    def arm(self, budget_ms: float, grace_ms: float) -> None:
+        """A run starts (or is about to): the watchdog's deadline and CPU baseline are this run's."""
+        now = time.monotonic()
+        self.run_started = now
+        self.hard_deadline = now + (budget_ms + grace_ms) / 1000.0
+        self.run_cpu_start = -1
+        self.restore_priority()  # a demotion was the previous run's doing
+
+    def disarm(self) -> None:
+        self.run_started, self.hard_deadline = 0.0, float("inf")
+        self.restore_priority()
+
     def cpu_ns(self) -> int:
         """CPU time the process has used, in ns (0 when it cannot be read)."""
         try:
@@ -292,31 +305,52 @@ class SandboxPool:
 
     # ---- running -------------------------------------------------------------------------
     async def run(self, script: Script, invocation: Invocation) -> Outcome:
+        outcomes: list[Outcome] = []
+        await self.run_batch(script, [invocation], lambda _index, outcome: outcomes.append(outcome))
+        return outcomes[0]
+
+    async def run_batch(
+        self,
+        script: Script,
+        invocations: Sequence[Invocation],
+        on_outcome: Callable[[int, Outcome], None],
+    ) -> int:
+        """Runs ``invocations`` of ``script`` one after another, in order, in one sandbox process, and
+        calls ``on_outcome(index, outcome)`` as each ends (its effects already applied).
+
+        Returns how many ended: all, unless the process died or was killed during run ``k`` (which then
+        ended ``crash`` or ``timeout``) or could not be had in time (run 0 ended ``timeout``); the
+        ones after never started, and the caller submits them again. Runs of one script must not be
+        submitted concurrently if their order matters: the pool keeps order only within a batch."""
+        if not invocations:
+            return 0
         started = time.monotonic()
-        budget_ms = float(script.timeout_ms)
-        if invocation.deadline_ms is not None:
-            left = invocation.deadline_ms - time.time() * 1000.0
-            if left <= 0:
-                return Outcome.failure(Reason.EXPIRED, 408, f"deadline passed {-left:.0f} ms before the run")
-            budget_ms = min(budget_ms, left)
-        deadline = started + budget_ms / 1000.0
-        proc = await self._acquire(script.key, deadline)
+        budgets = [self._budget(script, inv) for inv in invocations]
+        proc = await self._acquire(script.key, started + max(budgets) / 1000.0)
         if proc is None:
-            return Outcome.failure(
-                Reason.TIMEOUT,
-                408,
-                "no sandbox process became free within the time limit",
-                duration_ms=(time.monotonic() - started) * 1000.0,
+            on_outcome(
+                0,
+                Outcome.failure(
+                    Reason.TIMEOUT,
+                    408,
+                    "no sandbox process became free within the time limit",
+                    duration_ms=(time.monotonic() - started) * 1000.0,
+                ),
             )
-        session = self._session(script, invocation)
+            return 1
         try:
-            outcome = await self._execute(proc, script, invocation, deadline, session)
+            return await self._execute(proc, script, invocations, budgets, on_outcome)
         finally:
             self._release(proc)
-        if session is not None:
-            await session.finish(outcome)
-        self._runs += 1
-        return outcome
+
+    @staticmethod
+    def _budget(script: Script, invocation: Invocation) -> float:
+        """The parent's bound for a run (ms): the script's limit, or less when the caller's deadline is
+        nearer; the child takes its own, at the run's start, the same way."""
+        budget = float(script.timeout_ms)
+        if invocation.deadline_ms is not None:
+            budget = min(budget, max(invocation.deadline_ms - time.time() * 1000.0, 0.0))
+        return budget
 
     def _session(self, script: Script, invocation: Invocation) -> HostSession | None:
         if self._host is None or script.type == ScriptType.SCRIPT:
@@ -384,64 +418,112 @@ class SandboxPool:
         self._release(proc)
 
     async def _execute(
-        self, proc: _Process, script: Script, inv: Invocation, deadline: float, session: HostSession | None
-    ) -> Outcome:
-        self._run_seq += 1
-        run_id = self._run_seq
-        budget_ms = max((deadline - time.monotonic()) * 1000.0, 0.0)
-        meta: dict[str, Any] = {
-            "run_id": run_id,
-            "key": script.key,
-            "call_id": inv.call_id,
-            "now_ms": inv.now_ms,
-            "budget_ms": budget_ms,
-            "function": inv.function,
-            "max_response_chars": self.config.max_response_chars,
-        }
-        if script.key not in proc.warm:
-            meta["spec"] = _spec(script)
-        vars_json = inv.vars_json if inv.vars_json is not None else _dumps_vars(inv.vars)
-        if isinstance(vars_json, Outcome):
-            return vars_json
-        hard_deadline = deadline + self.config.grace_ms / 1000.0
-        started = time.monotonic()
-        proc.run_started, proc.hard_deadline, proc.run_cpu_start = started, hard_deadline, -1
+        self,
+        proc: _Process,
+        script: Script,
+        invocations: Sequence[Invocation],
+        budgets: list[float],
+        on_outcome: Callable[[int, Outcome], None],
+    ) -> int:
+        message = self._batch_message(proc, script, invocations)
+        if isinstance(message, tuple):  # variables that are not JSON: the batch stops before them
+            index, outcome = message
+            if index == 0:
+                on_outcome(0, outcome)
+                return 1
+            invocations = invocations[:index]
+            message = self._batch_message(proc, script, invocations)
+            assert isinstance(message, bytes)
+        sessions = [self._session(script, inv) for inv in invocations]
+        count, index = len(invocations), 0
         self._ensure_watchdog()
+        proc.arm(budgets[0], self.config.grace_ms)
         try:
-            proc.send(b"X" + orjson.dumps(meta) + b"\n" + vars_json)
-            while True:
+            proc.send(message)
+            while index < count:
                 msg = await proc.recv(None)
                 kind = msg[:1]
                 if kind == b"D":
                     proc.warm.add(script.key)
-                    return _outcome(msg)
-                if kind == b"C":
+                    outcome = _outcome(msg)
+                    session = sessions[index]
+                    if session is not None:
+                        await session.finish(outcome)
+                    self._runs += 1
+                    on_outcome(index, outcome)
+                    index += 1
+                    if index < count:
+                        proc.arm(budgets[index], self.config.grace_ms)  # the next run's backstop
+                elif kind == b"C":
                     _, _, calls = msg[1:].partition(b"\n")
-                    results = await self._host_calls(session, orjson.loads(calls), hard_deadline)
+                    results = await self._host_calls(sessions[index], orjson.loads(calls), proc.hard_deadline)
                     proc.send(b"H" + results)
                 elif kind == b"N":
                     proc.send(b"S" + orjson.dumps(_spec(script)))
+            return count
         except TimeoutError:
             proc.kill()
-            return Outcome.failure(
-                Reason.TIMEOUT,
-                408,
-                f"run exceeded its time limit of {budget_ms:.0f} ms (sandbox process replaced)",
-                duration_ms=(time.monotonic() - started) * 1000.0,
+            on_outcome(
+                index,
+                Outcome.failure(
+                    Reason.TIMEOUT,
+                    408,
+                    f"run exceeded its time limit of {budgets[index]:.0f} ms (sandbox process replaced)",
+                    duration_ms=(time.monotonic() - proc.run_started) * 1000.0,
+                ),
             )
+            return index + 1
         except (EOFError, OSError):
             proc.kill()
             sig = await asyncio.get_running_loop().run_in_executor(None, proc.exit_signal)
             what = f"signal {signal.Signals(sig).name}" if sig else "an unexpected exit"
-            return Outcome.failure(
-                Reason.CRASH,
-                500,
-                f"the sandbox process died ({what}) while running the script",
-                duration_ms=(time.monotonic() - started) * 1000.0,
+            on_outcome(
+                index,
+                Outcome.failure(
+                    Reason.CRASH,
+                    500,
+                    f"the sandbox process died ({what}) while running the script",
+                    duration_ms=(time.monotonic() - proc.run_started) * 1000.0,
+                ),
             )
+            return index + 1
         finally:
-            proc.run_started, proc.hard_deadline = 0.0, float("inf")
-            proc.restore_priority()
+            if index < count and proc.alive:
+                proc.kill()  # left mid-batch (cancelled, or a host fault): its later reports have no reader
+            proc.disarm()
+
+    def _batch_message(
+        self, proc: _Process, script: Script, invocations: Sequence[Invocation]
+    ) -> bytes | tuple[int, Outcome]:
+        """The ``B`` message for a batch, or (index, outcome) for the first run whose variables are not
+        JSON (only possible from Python callers: a request from Kafka carries them as JSON text)."""
+        runs: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for index, inv in enumerate(invocations):
+            vars_json = inv.vars_json if inv.vars_json is not None else _dumps_vars(inv.vars)
+            if isinstance(vars_json, Outcome):
+                return index, vars_json
+            self._run_seq += 1
+            runs.append(
+                {
+                    "run_id": self._run_seq,
+                    "call_id": inv.call_id,
+                    "now_ms": inv.now_ms,
+                    "limit_ms": script.timeout_ms,
+                    "deadline_ms": inv.deadline_ms,
+                    "function": inv.function,
+                    "vars_len": len(vars_json),
+                }
+            )
+            blobs.append(vars_json)
+        header: dict[str, Any] = {
+            "key": script.key,
+            "max_response_chars": self.config.max_response_chars,
+            "runs": runs,
+        }
+        if script.key not in proc.warm:
+            header["spec"] = _spec(script)
+        return b"B" + orjson.dumps(header) + b"\n" + b"".join(blobs)
 
     async def _host_calls(
         self, session: HostSession | None, calls: list[list[Any]], deadline: float
