@@ -30,9 +30,24 @@ from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-#: a handler: returns None when the event is finished, else a future (its tail: the delivery of its
-#: reply) that completes when it is
-Handle = Callable[[Any], Awaitable[asyncio.Future[None] | None]]
+#: a handler of one event: returns None when the event is finished, else a future (its tail: the
+#: delivery of its reply) that completes when it is
+Tail = asyncio.Future[None] | None
+HandleOne = Callable[[Any], Awaitable[Tail]]
+#: a handler of a lane's batch (consecutive events of one lane, in order): one tail per event
+Handle = Callable[[list[Any]], Awaitable[list[Tail]]]
+
+#: most events of one lane handed to the handler at once
+MAX_BATCH = 32
+
+
+def each(handle_one: HandleOne) -> Handle:
+    """A batch handler that handles a batch's events one after another."""
+
+    async def handle(events: list[Any]) -> list[Tail]:
+        return [await handle_one(event) for event in events]
+
+    return handle
 
 
 class TP(NamedTuple):
@@ -85,10 +100,13 @@ _Item = tuple[Any, PartitionAcks, _Entry]
 class Lanes:
     """Dispatches events to per-key lanes (asyncio tasks) and tracks what may be committed.
 
-    ``handle(event)`` is expected never to raise (it turns every failure into a reply); should it raise
-    anyway, or its tail fail, the event is retried after ``retry_delay`` rather than counted finished,
-    since committing past it would lose it. ``dispatch`` never waits: the caller applies backpressure
-    (the worker pauses its partitions) from ``in_flight`` and ``on_in_flight``.
+    A lane hands the events queued on it to ``handle(events)`` together (up to ``max_batch``, in
+    order), so a busy script's requests go to the sandbox as batches instead of one wake-up each.
+    ``handle`` is expected never to raise (it turns every failure into a reply); should it raise
+    anyway, the batch is handled again after ``retry_delay`` (events already answered may be answered
+    twice: at-least-once), and an event whose tail fails is handled again alone, rather than counted
+    finished, since committing past it would lose it. ``dispatch`` never waits: the caller applies
+    backpressure (the worker pauses its partitions) from ``in_flight`` and ``on_in_flight``.
     """
 
     def __init__(
@@ -97,8 +115,10 @@ class Lanes:
         *,
         retry_delay: float = 1.0,
         on_in_flight: Callable[[int], None] | None = None,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._handle = handle
+        self._max_batch = max_batch
         self._retry_delay = retry_delay
         self._queues: dict[Hashable, deque[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,25 +148,26 @@ class Lanes:
 
     async def _run_lane(self, lane: Hashable, queue: deque[_Item]) -> None:
         while True:
-            event, acks, entry = queue.popleft()
-            tail = await self._handle_until_done(event)
-            if tail is None:
-                self._complete(acks, entry)
-            else:
-                tail.add_done_callback(functools.partial(self._tail_done, event, acks, entry))
+            items = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            tails = await self._handle_until_done([event for event, _, _ in items])
+            for (event, acks, entry), tail in zip(items, tails, strict=True):
+                if tail is None:
+                    self._complete(acks, entry)
+                else:
+                    tail.add_done_callback(functools.partial(self._tail_done, event, acks, entry))
             if not queue:
                 # no await between this check and the removal: dispatch cannot slip an event in
                 del self._queues[lane]
                 return
 
-    async def _handle_until_done(self, event: Any) -> asyncio.Future[None] | None:
+    async def _handle_until_done(self, events: list[Any]) -> list[Tail]:
         while True:
             try:
-                return await self._handle(event)
+                return await self._handle(events)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("handling an event failed; retrying it in %.1f s", self._retry_delay)
+                log.exception("handling events failed; retrying them in %.1f s", self._retry_delay)
                 await asyncio.sleep(self._retry_delay)
 
     def _tail_done(self, event: Any, acks: PartitionAcks, entry: _Entry, tail: asyncio.Future[None]) -> None:
@@ -163,7 +184,7 @@ class Lanes:
         while True:
             await asyncio.sleep(self._retry_delay)
             try:
-                tail = await self._handle(event)
+                (tail,) = await self._handle([event])
                 if tail is not None:
                     await tail
             except asyncio.CancelledError:

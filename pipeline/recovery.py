@@ -200,6 +200,8 @@ class Runner(Protocol):
 
     async def handle(self, msg: Any) -> asyncio.Future[None] | None: ...
 
+    async def handle_many(self, msgs: list[Any]) -> list[asyncio.Future[None] | None]: ...
+
     def will_run(self, msg: Any) -> bool: ...
 
     async def give_up(self, msg: Any, attempts: int) -> None: ...
@@ -351,8 +353,15 @@ class Recovery:
         isolation.pending += 1
         return ("isolated", tp), IsolatedEvent(msg, isolation)
 
+    async def handle_many(self, items: list[Any]) -> list[asyncio.Future[None] | None]:
+        """The lanes' handler. A lane holds either one script's normal requests, which go to the
+        runner together, or one partition's isolated ones, which run one at a time, guarded."""
+        if type(items[0]) is not IsolatedEvent:
+            return await self.runner.handle_many(items)
+        return [await self.handle(item) for item in items]
+
     async def handle(self, item: Any) -> asyncio.Future[None] | None:
-        """The lanes' handler: normal requests straight to the runner, isolated ones guarded (and
+        """One event: normal requests straight to the runner, isolated ones guarded (and
         finished, reply delivered, before the next isolated one starts: see ``_run_isolated``)."""
         if type(item) is not IsolatedEvent:
             return await self.runner.handle(item)

@@ -67,7 +67,7 @@ from pipeline.settings import Settings
 from pipeline.topics import Topics, ensure_topics
 from sandbox.local import LocalHost
 from sandbox.pool import SandboxPool
-from sandbox.types import Invocation, Outcome, Reason
+from sandbox.types import Invocation, Outcome, Reason, Script
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,42 @@ class _Reply:
             self.done.set_result(None)
 
 
+class _Job:
+    """A request that will run: its message, the request, the script version it runs."""
+
+    __slots__ = ("attempts", "definition", "index", "msg", "received", "request")
+
+    def __init__(self, msg: Any, request: InvocationRequest, definition: ScriptDefinition, received: int):
+        self.msg = msg
+        self.request = request
+        self.definition = definition
+        self.received = received
+        self.attempts = request.attempt
+        self.index = 0  # its place in the lane's batch
+
+    def invocation(self) -> Invocation:
+        request = self.request
+        return Invocation(
+            vars=None,
+            vars_json=request.vars_json.encode(),  # passed through: no decode/encode per call
+            call_id=request.call_id,
+            now_ms=request.timestamp_ms,
+            function=request.function,
+            deadline_ms=request.deadline_ms,
+        )
+
+
+def _by_definition(jobs: list[_Job]) -> list[list[_Job]]:
+    """Consecutive jobs of the same script version, in order (a lane's requests may pin versions)."""
+    groups: list[list[_Job]] = []
+    for job in jobs:
+        if groups and groups[-1][0].definition is job.definition:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 class InvocationHandler:
     """Turns one invocation request into exactly one reply (when a reply topic is known) and, for
     requests given up on, one dead-letter record.
@@ -254,6 +290,33 @@ class InvocationHandler:
         self.worker_id = worker_id
 
     async def handle(self, msg: Any) -> asyncio.Future[None] | None:
+        return (await self.handle_many([msg]))[0]
+
+    async def handle_many(self, msgs: list[Any]) -> list[asyncio.Future[None] | None]:
+        """A lane's batch: one script's requests in offset order. Each gets its reply (the returned
+        tails, in the same order); the ones that run go to the sandbox pool together, as batches of
+        one script version run in order in one process (see ``SandboxPool.run_batch``)."""
+        tails: list[asyncio.Future[None] | None] = [None] * len(msgs)
+        jobs: list[_Job] = []
+        for index, msg in enumerate(msgs):
+            prepared = await self._prepare(msg)
+            if isinstance(prepared, _Job):
+                prepared.index = index
+                jobs.append(prepared)
+            else:
+                tails[index] = prepared
+        for group in _by_definition(jobs):
+            try:
+                await self._run_group(group, tails)
+            except Exception as exc:  # a bug or a broker failure past the replies: still answer
+                for job in group:
+                    if tails[job.index] is None:
+                        tails[job.index] = await self._worker_error(job.msg, job.request, exc, job.received)
+        return tails
+
+    async def _prepare(self, msg: Any) -> _Job | asyncio.Future[None] | None:
+        """Decode, check the deadline, look the script up: a job to run, or the tail of the reply of a
+        request answered without running (None when it has no reply topic)."""
         received = now_ms()
         where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
         try:
@@ -261,12 +324,18 @@ class InvocationHandler:
         except CodecError as exc:
             return await self._reject(msg, exc.dead_letter_reason, str(exc), received)
         try:
-            return await self._serve(msg, request, received)
-        except Exception as exc:  # a bug or a broker failure past the reply: still answer, dead-letter
-            log.exception("request %s at %s failed in the worker", request.call_id, where)
-            outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {type(exc).__name__}: {exc}")
-            await self._dead_letter(msg, "worker_error", str(exc), request.attempt + 1, request.call_id)
-            return self._reply(msg, request, outcome, None, received, received)
+            return await self._check(msg, request, received)
+        except Exception as exc:
+            return await self._worker_error(msg, request, exc, received)
+
+    async def _worker_error(
+        self, msg: Any, request: InvocationRequest, exc: Exception, received: int
+    ) -> asyncio.Future[None]:
+        where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
+        log.error("request %s at %s failed in the worker", request.call_id, where, exc_info=exc)
+        outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {type(exc).__name__}: {exc}")
+        await self._dead_letter(msg, "worker_error", str(exc), request.attempt + 1, request.call_id)
+        return self._reply(msg, request, outcome, None, received, received)
 
     def will_run(self, msg: Any) -> bool:
         """Whether handling ``msg`` would run a script (readable and not expired); crash recovery
@@ -287,7 +356,9 @@ class InvocationHandler:
         outcome = Outcome.failure(Reason.CRASH, 500, detail)
         await self._reply(msg, request, outcome, request.version, received, received)
 
-    async def _serve(self, msg: Any, request: InvocationRequest, received: int) -> asyncio.Future[None]:
+    async def _check(
+        self, msg: Any, request: InvocationRequest, received: int
+    ) -> _Job | asyncio.Future[None]:
         if request.deadline_ms <= received:
             metrics.EXPIRED.inc()
             late = received - request.deadline_ms
@@ -300,9 +371,7 @@ class InvocationHandler:
         if refusal is not None or definition is None:
             outcome = refusal or Outcome.failure(Reason.NOT_FOUND, 404, "no such script")
             return self._reply(msg, request, outcome, request.version, received, received)
-        started = now_ms()
-        outcome = await self._run(msg, request, definition)
-        return self._reply(msg, request, outcome, definition.version, received, started)
+        return _Job(msg, request, definition, received)
 
     async def _lookup_caught_up(self, request: InvocationRequest) -> ScriptDefinition | None:
         """Look up again once the registry view has read everything published so far: a script
@@ -314,32 +383,67 @@ class InvocationHandler:
             log.warning("registry not caught up before answering not_found: %s", exc)
         return self.registry.lookup(request.account, request.script, request.version)
 
-    async def _run(self, msg: Any, request: InvocationRequest, definition: ScriptDefinition) -> Outcome:
+    async def _run_group(self, group: list[_Job], tails: list[asyncio.Future[None] | None]) -> None:
+        """Runs jobs of one script version in order; a run that crashed its sandbox process is run
+        again in place (the script's order holds) until ``max_attempts``, then dead-lettered."""
+        definition = group[0].definition
         script = definition.to_script()
-        invocation = Invocation(
-            vars=None,
-            vars_json=request.vars_json.encode(),  # passed through: no decode/encode per call
-            call_id=request.call_id,
-            now_ms=request.timestamp_ms,
-            function=request.function,
-            deadline_ms=request.deadline_ms,
-        )
-        attempts = request.attempt
-        if self.settings.test_crash_on and request.call_id == self.settings.test_crash_on:
-            os._exit(137)  # TEST HOOK (SCRIPTFORGE_TEST_CRASH_ON): die like an OOM-killed worker
-        while True:
-            outcome = await self.pool.run(script, invocation)
-            attempts += 1
+        pending = group
+        while pending:
+            batch = self._until_crash_hook(pending)
+            started = now_ms()
+            count, crash = await self._run_batch(script, definition, batch, started, tails)
+            if crash is not None:
+                job = batch[count - 1]
+                if job.attempts < self.settings.max_attempts:
+                    metrics.RETRIES.inc()
+                    count -= 1  # run it again, still ahead of the script's later requests
+                else:
+                    detail = crash.message or "sandbox crashed"
+                    await self._dead_letter(job.msg, "crash", detail, job.attempts, job.request.call_id)
+                    tails[job.index] = self._reply(
+                        job.msg, job.request, crash, definition.version, job.received, started
+                    )
+            pending = pending[count:]
+
+    async def _run_batch(
+        self,
+        script: Script,
+        definition: ScriptDefinition,
+        batch: list[_Job],
+        started: int,
+        tails: list[asyncio.Future[None] | None],
+    ) -> tuple[int, Outcome | None]:
+        """One sandbox batch: replies go out as runs end. Returns how many ended, and the outcome of
+        the last one when it crashed its process (not answered: the caller retries or gives up)."""
+        crashed: list[Outcome] = []
+
+        def ended(index: int, outcome: Outcome) -> None:
+            job = batch[index]
+            job.attempts += 1
             metrics.RUN_SECONDS.observe(outcome.duration_ms / 1000)
-            if outcome.reason != Reason.CRASH:
-                return outcome
-            if attempts >= self.settings.max_attempts:
-                # retried in place (the lane keeps the script's order); give up after max_attempts
-                await self._dead_letter(
-                    msg, "crash", outcome.message or "sandbox crashed", attempts, request.call_id
-                )
-                return outcome
-            metrics.RETRIES.inc()
+            if outcome.reason == Reason.CRASH:
+                crashed.append(outcome)
+                return
+            tails[job.index] = self._reply(
+                job.msg, job.request, outcome, definition.version, job.received, started
+            )
+
+        count = await self.pool.run_batch(script, [job.invocation() for job in batch], ended)
+        return count, (crashed[0] if crashed else None)
+
+    def _until_crash_hook(self, jobs: list[_Job]) -> list[_Job]:
+        """TEST HOOK (SCRIPTFORGE_TEST_CRASH_ON): the worker dies like an OOM-killed one when the
+        request with that call id is about to run; the jobs before it run first."""
+        target = self.settings.test_crash_on
+        if not target:
+            return jobs
+        for index, job in enumerate(jobs):
+            if job.request.call_id == target:
+                if index == 0:
+                    os._exit(137)
+                return jobs[:index]
+        return jobs
 
     # ---- output ----------------------------------------------------------------------------------
     def _reply(
@@ -530,7 +634,7 @@ class Worker:
         self.output = Output(settings.broker)
         self.handler = InvocationHandler(self.output, settings, self.registry, self.pool, self.id)
         self.recovery = Recovery(settings, self.id, self.handler, group_id=self.group_id)
-        self.lanes = Lanes(self.recovery.handle, on_in_flight=self._in_flight_changed)
+        self.lanes = Lanes(self.recovery.handle_many, on_in_flight=self._in_flight_changed)
         self.max_in_flight = max_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.lanes import Lanes
+from pipeline.lanes import Lanes, each
 
 
 @dataclass
@@ -27,7 +27,7 @@ async def test_positions_follow_offsets_while_lanes_finish_out_of_order() -> Non
         ran.append((event.lane, event.offset))
         positions.append(lanes.position("tp0"))
 
-    lanes = Lanes(handle)
+    lanes = Lanes(each(handle))
     # offset 0 is slow (lane "slow"); offsets 1..5 of lane "fast" finish long before it
     events = [FakeEvent(0, "slow", 0.2)] + [FakeEvent(i, "fast", 0.0) for i in range(1, 6)]
     for e in events:
@@ -55,7 +55,7 @@ async def test_one_lane_runs_its_events_one_at_a_time_in_order() -> None:
         order.append(event.offset)
         running -= 1
 
-    lanes = Lanes(handle)
+    lanes = Lanes(each(handle))
     for i in range(20):
         lanes.dispatch("one-script", "tp0", i, FakeEvent(i, "one-script", 0))
     await lanes.drain()
@@ -74,7 +74,7 @@ async def test_the_lane_moves_on_while_a_tail_is_pending_but_the_position_waits_
         tails[event.offset] = loop.create_future()
         return tails[event.offset]
 
-    lanes = Lanes(handle)
+    lanes = Lanes(each(handle))
     for i in range(3):
         lanes.dispatch("s", "tp0", i, FakeEvent(i, "s", 0))
     await asyncio.sleep(0.01)
@@ -101,7 +101,7 @@ async def test_a_failing_handler_is_retried_not_finished() -> None:
         if calls < 3:
             raise RuntimeError("broker down")
 
-    lanes = Lanes(handle, retry_delay=0.01)
+    lanes = Lanes(each(handle), retry_delay=0.01)
     lanes.dispatch("s", "tp0", 7, FakeEvent(7, "s", 0))
     await lanes.drain()
     assert calls == 3 and positions == [None, None, None] and lanes.position("tp0") == 8
@@ -121,7 +121,7 @@ async def test_a_failed_tail_handles_the_event_again_before_it_counts_finished()
             tail.set_result(None)
         return tail
 
-    lanes = Lanes(handle, retry_delay=0.01)
+    lanes = Lanes(each(handle), retry_delay=0.01)
     lanes.dispatch("s", "tp0", 4, FakeEvent(4, "s", 0))
     await asyncio.sleep(0.001)
     assert lanes.position("tp0") is None
@@ -133,7 +133,7 @@ async def test_a_rewound_partition_gets_a_fresh_tracker() -> None:
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
 
-    lanes = Lanes(handle)
+    lanes = Lanes(each(handle))
     lanes.dispatch("a", "tp0", 10, FakeEvent(10, "a", 0.05))
     # the consumer gave the partition back from its committed offset: 10 arrives again
     lanes.dispatch("b", "tp0", 10, FakeEvent(10, "b", 0.0))
@@ -147,7 +147,7 @@ async def test_release_waits_for_the_revoked_partition_then_forgets_it() -> None
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
 
-    lanes = Lanes(handle)
+    lanes = Lanes(each(handle))
     lanes.dispatch("a", "tp0", 0, FakeEvent(0, "a", 0.05))
     lanes.dispatch("b", "tp0", 1, FakeEvent(1, "b", 0.0))
     lanes.dispatch("c", "tp1", 0, FakeEvent(0, "c", 1.0))
@@ -157,3 +157,39 @@ async def test_release_waits_for_the_revoked_partition_then_forgets_it() -> None
     assert await lanes.release(["tp1"], timeout=0.05) == {}
     await lanes.drain()
     assert lanes.advanced() == []  # the late completion of tp1@0 moves no committed position
+
+
+async def test_a_lane_hands_its_queued_events_over_as_batches_in_order() -> None:
+    batches: list[list[int]] = []
+
+    async def handle(events: list[Any]) -> list[None]:
+        batches.append([e.offset for e in events])
+        await asyncio.sleep(0.01)
+        return [None] * len(events)
+
+    lanes = Lanes(handle, max_batch=4)
+    for i in range(10):
+        lanes.dispatch("busy-script", "tp0", i, FakeEvent(i, "busy-script", 0))
+    lanes.dispatch("other-script", "tp0", 10, FakeEvent(10, "other-script", 0))
+    await lanes.drain(timeout=5)
+    busy = [b for b in batches if b != [10]]
+    assert busy == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [10] in batches
+    assert lanes.position("tp0") == 11
+
+
+async def test_a_batch_whose_handler_raises_is_handled_again_whole() -> None:
+    calls: list[list[int]] = []
+
+    async def handle(events: list[Any]) -> list[None]:
+        calls.append([e.offset for e in events])
+        if len(calls) == 1:
+            raise RuntimeError("broker refused the dead letter")
+        return [None] * len(events)
+
+    lanes = Lanes(handle, retry_delay=0.01)
+    for i in range(3):
+        lanes.dispatch("s", "tp0", i, FakeEvent(i, "s", 0))
+    await lanes.drain(timeout=5)
+    assert calls == [[0, 1, 2], [0, 1, 2]]
+    assert lanes.position("tp0") == 3

@@ -149,6 +149,9 @@ class FakeRunner:
     async def handle(self, msg: Any) -> None:
         self.log.append(("run", msg.offset))
 
+    async def handle_many(self, msgs: list[Any]) -> list[None]:
+        return [await self.handle(msg) for msg in msgs]
+
     def will_run(self, msg: Any) -> bool:
         return msg.offset not in self.expired
 

@@ -28,7 +28,22 @@ class FakeOutput:
         return delivered
 
 
-class CrashingPool:
+class Batches:
+    """run_batch over the fake's run, ending the batch at a crash as the real pool does."""
+
+    async def run(self, script: Any, invocation: Any) -> Outcome:
+        raise NotImplementedError
+
+    async def run_batch(self, script: Any, invocations: list[Any], on_outcome: Any) -> int:
+        for index, invocation in enumerate(invocations):
+            outcome = await self.run(script, invocation)
+            on_outcome(index, outcome)
+            if outcome.reason == Reason.CRASH:
+                return index + 1
+        return len(invocations)
+
+
+class CrashingPool(Batches):
     def __init__(self) -> None:
         self.runs = 0
 
@@ -108,7 +123,7 @@ class HeldOutput(FakeOutput):
         return fut
 
 
-class OkPool:
+class OkPool(Batches):
     async def run(self, script: Any, invocation: Any) -> Outcome:
         return Outcome.success({"ok": True}, duration_ms=0.1)
 
@@ -162,3 +177,41 @@ async def test_an_undeliverable_reply_is_retried_then_the_request_dead_lettered(
     assert [t for t, _, _ in output.sent] == ["gone"] * REPLY_TRIES + ["unit.dlq"]
     dead = codec(DeadLetter).decode(output.sent[-1][2])
     assert (dead.reason, dead.call_id, dead.source_offset) == ("reply_undeliverable", "c2", 5)
+
+
+class CrashOncePool(Batches):
+    """Crashes the first run of call id ``c2``; records the call ids it runs, in order."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def run(self, script: Any, invocation: Any) -> Outcome:
+        self.ran.append(invocation.call_id)
+        if invocation.call_id == "c2" and self.ran.count("c2") == 1:
+            return Outcome.failure(Reason.CRASH, 500, "sandbox process died (SIGSEGV)")
+        return Outcome.success({"call": invocation.call_id}, duration_ms=0.1)
+
+
+async def test_a_lane_batch_runs_in_order_and_a_crashed_run_is_retried_in_place() -> None:
+    output = FakeOutput()
+    pool = CrashOncePool()
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), pool, "w1")  # type: ignore[arg-type]
+    now = int(time.time() * 1000)
+    msgs = []
+    for i in range(5):
+        request = InvocationRequest.create(
+            call_id=f"c{i}",
+            script="s",
+            vars={"i": i},
+            reply_topic="replies",
+            deadline_ms=now + 10_000,
+            timestamp_ms=now,
+            account="a",
+        )
+        msgs.append(_message(request, offset=i))
+    tails = await handler.handle_many(msgs)
+    assert pool.ran == ["c0", "c1", "c2", "c2", "c3", "c4"]  # the retry keeps the script's order
+    assert all(t is not None for t in tails)
+    replies = [codec(InvocationReply).decode(v) for topic, _, v in output.sent if topic == "replies"]
+    assert [r.call_id for r in replies] == ["c0", "c1", "c2", "c3", "c4"]
+    assert all(r.status == "ok" for r in replies)
