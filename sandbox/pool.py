@@ -33,6 +33,9 @@ from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
 
 _REASONS = {r.value: r for r in Reason}
 
+#: most bytes taken from a sandbox process's channel per read
+READ_CHUNK = 1 << 20
+
 
 @dataclass(frozen=True)
 class PoolConfig:
@@ -67,6 +70,7 @@ class _Process:
         self.warm: set[str] = set()
         self._waiter: asyncio.Future[bytes] | None = None
         self._inbox: deque[bytes] = deque()
+        self._buffer = bytearray()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,6 +97,7 @@ class _Process:
         self.pid = proc.pid
         self.warm.clear()
         self._inbox.clear()
+        self._buffer.clear()
         loop.add_reader(self.conn.fileno(), self._on_readable)
         ready = await self.recv(self.pool.config.spawn_timeout_s)
         if ready[:1] != b"R":
@@ -100,16 +105,31 @@ class _Process:
         self.alive = True
 
     def _on_readable(self) -> None:
+        """Reads everything the process has sent so far and splits it into messages (the framing of
+        multiprocessing.connection: a 4-byte big-endian length, then the bytes): a batch's results
+        that arrived together cost one read and one wake-up of the waiting run, not two reads each."""
         try:
-            data = self.conn.recv_bytes()
-        except (EOFError, OSError):
+            chunk = os.read(self.conn.fileno(), READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._died()
             return
+        buffer = self._buffer
+        buffer += chunk
+        start, end = 0, len(buffer)
+        while end - start >= 4:
+            size = int.from_bytes(buffer[start : start + 4], "big", signed=True)
+            if size < 0 or end - start - 4 < size:
+                break  # incomplete (a negative size would be a >2 GiB message: never sent here)
+            self._inbox.append(bytes(buffer[start + 4 : start + 4 + size]))
+            start += 4 + size
+        del buffer[:start]
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(data)
-        else:
-            self._inbox.append(data)
+        if self._inbox and waiter is not None and not waiter.done():
+            waiter.set_result(self._inbox.popleft())
 
     def _died(self) -> None:
         self._detach()
@@ -434,7 +454,9 @@ class SandboxPool:
             invocations = invocations[:index]
             message = self._batch_message(proc, script, invocations)
             assert isinstance(message, bytes)
-        sessions = [self._session(script, inv) for inv in invocations]
+        # a run's host session exists from its first host call: most runs make none, and their end
+        # then has no effects to apply
+        sessions: list[HostSession | None] = [None] * len(invocations)
         count, index = len(invocations), 0
         self._ensure_watchdog()
         proc.arm(budgets[0], self.config.grace_ms)
@@ -456,6 +478,8 @@ class SandboxPool:
                         proc.arm(budgets[index], self.config.grace_ms)  # the next run's backstop
                 elif kind == b"C":
                     _, _, calls = msg[1:].partition(b"\n")
+                    if sessions[index] is None:
+                        sessions[index] = self._session(script, invocations[index])
                     results = await self._host_calls(sessions[index], orjson.loads(calls), proc.hard_deadline)
                     proc.send(b"H" + results)
                 elif kind == b"N":

@@ -27,6 +27,10 @@ class FakeOutput:
         delivered.set_result(None)
         return delivered
 
+    def send_then(self, topic: str, key: bytes, value: bytes, then: Any) -> None:
+        fut = self.send(topic, key, value)
+        fut.add_done_callback(lambda f: then(None if f.cancelled() else f.exception()))
+
 
 class Batches:
     """run_batch over the fake's run, ending the batch at a crash as the real pool does."""
