@@ -50,6 +50,11 @@ class Settings:
         "static consumer-group membership id of a worker (a restart takes its partitions back at once, "
         "without waiting for the session timeout; unique per worker; empty = dynamic membership)",
     )
+    event_loop: str = _env_field(  # type: ignore[assignment]
+        "uvloop",
+        "SCRIPTFORGE_EVENT_LOOP",
+        "event loop of a worker: uvloop (libuv, the faster: see pipeline/commands/worker.py) or asyncio",
+    )
     test_crash_on: str = _env_field(  # type: ignore[assignment]
         "",
         "SCRIPTFORGE_TEST_CRASH_ON",

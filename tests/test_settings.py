@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
 import pytest
 
+from pipeline.commands.worker import loop_factory
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
@@ -25,3 +27,18 @@ def test_flags_win_over_the_environment() -> None:
 def test_a_bad_number_names_its_variable() -> None:
     with pytest.raises(ConfigError, match="SCRIPTFORGE_PARTITIONS"):
         Settings.from_env({"SCRIPTFORGE_PARTITIONS": "eight"})
+
+
+def test_the_worker_event_loop_is_uvloop_by_default_and_a_wrong_name_is_refused() -> None:
+    assert Settings().event_loop == "uvloop"
+    factory = loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+        assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        loop.close()
+    assert loop_factory("asyncio") is None
+    with pytest.raises(ConfigError, match="SCRIPTFORGE_EVENT_LOOP='trio' is not one of: uvloop, asyncio"):
+        loop_factory("trio")
