@@ -22,6 +22,15 @@ reply and its p99 stayed under ``--p99-limit-ms``; the maximum sustainable rate 
 before the first that is not). One JSON line on stdout, a summary on stderr; exit 1 if any request of
 any phase got no reply at all (after a final drain), else 0, whether the targets are met or not.
 
+Then, for ScriptForge only, the worker's own capacity (``--drain N``): the worker is stopped, N requests
+are produced into the topic at once, a fresh worker is started on them, and its replies are timed from
+the first to the last (start-up excluded) while the load generator only reads replies. The open-loop
+ramp measures what the whole machine sustains with the load generator sharing its cores; the drain
+measures what one worker does when it has the cores it can get.
+
+Each phase also reports CPU ms per request by component (load generator, broker, worker, sandboxes,
+the whole machine) from /proc (``pipeline.cpu``).
+
 ``--profile-worker FILE`` runs the worker under cProfile (writes FILE when it stops); the reply
 breakdown (``sf_breakdown``) uses the worker's own timestamps in each reply (received, started,
 finished) to show where the time goes between the scheduled send and the reply's arrival.
@@ -159,6 +168,9 @@ class BenchClient(InvocationClient):
         await self.start()
         return self
 
+    def flush(self) -> None:
+        self._producer.flush(30)
+
     def _poll_replies(self) -> None:
         consumer, producer, arrivals, keep = self._consumer, self._producer, self.arrivals, self.keep_values
         while not self._stop.is_set():
@@ -292,6 +304,17 @@ class Runner:
             phase.cpu = self.meter.per_request_ms(phase.replies)
         return phase
 
+    def backlog(self, tag: str, n: int) -> Phase:
+        """Produce ``n`` requests at once, unscheduled (a backlog for a worker started afterwards)."""
+        phase = Phase(tag, n, 1.0, n, latency=[None] * n, values=[None] * n)
+        send = self.client.send
+        for request, payload in self._build(phase):
+            send(request, payload)
+        self.client.flush()
+        phase.t0 = time.perf_counter()
+        phase.scheduled = [phase.t0] * n
+        return phase
+
     def drain(self, phases: Sequence[Phase], wait: float) -> None:
         deadline = time.perf_counter() + wait
         while True:
@@ -413,6 +436,7 @@ class Options:
     grace: float
     sandbox_processes: int
     profile_worker: str | None
+    drain: int = 0
 
 
 def _measure(runner: Runner, target: Target, opts: Options, check_errors: bool) -> None:
@@ -508,11 +532,55 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
             await asyncio.to_thread(_measure, runner, target, opts, True)
             assert target.fixed is not None
             target.extra["breakdown"] = breakdown(target.fixed, time.time() - time.perf_counter())
+            if opts.drain:
+                _stop(proc)
+
+                def restart() -> subprocess.Popen[bytes]:
+                    nonlocal proc
+                    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    return proc
+
+                target.extra["drain"] = await asyncio.to_thread(_drain, runner, opts, restart)
             target.extra["client_duplicates"] = client.duplicates
     finally:
         _stop(proc, timeout=30.0 if opts.profile_worker else 15.0)
         log.close()
     return target
+
+
+def _drain(runner: Runner, opts: Options, start: Callable[[], subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """The worker's own capacity: ``opts.drain`` requests waiting in the topic, a worker started on
+    them, its replies timed from the first to the last (start-up excluded), while the load generator
+    only reads replies. CPU is metered over the same span."""
+    phase = runner.backlog("d", opts.drain)
+    proc = start()
+    meter = CpuMeter(
+        {
+            **_common_cpu(),
+            "worker": functools.partial(process_cpu_s, proc.pid),
+            "sandboxes": functools.partial(children_cpu_s, proc.pid),
+        }
+    )
+    arrivals = runner.client.arrivals
+    seen = len(arrivals)
+    deadline = time.perf_counter() + 90.0
+    while len(arrivals) == seen and time.perf_counter() < deadline:  # start-up: not measured
+        time.sleep(0.001)
+    first = time.perf_counter()
+    meter.start()
+    runner.drain([phase], opts.grace + 60.0)
+    meter.stop()
+    got = [t for t in (phase.latency[i] for i in range(phase.n)) if t is not None]
+    span = max(phase.last_arrival - first, 1e-9)
+    return {
+        "requests": phase.n,
+        "replies": len(got),
+        "missing": phase.missing,
+        "duplicates": phase.duplicates,
+        "seconds": round(span, 2),
+        "rate": round(len(got) / span, 1),
+        "cpu_ms_per_request": meter.per_request_ms(len(got)),
+    }
 
 
 def _common_cpu() -> dict[str, Callable[[], float]]:
@@ -548,10 +616,11 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
     assert echo.fixed is not None and sf.fixed is not None
     e, s = summarize(echo.fixed), summarize(sf.fixed)
     all_phases = [echo.fixed, *echo.ramp, sf.fixed, *sf.ramp]
-    sent = sum(p.n for p in all_phases)
-    replies = sum(p.replies for p in all_phases)
-    lost = sum(p.missing for p in all_phases)
-    duplicates = sum(p.duplicates for p in all_phases)
+    drain = sf.extra.get("drain") or {}
+    sent = sum(p.n for p in all_phases) + drain.get("requests", 0)
+    replies = sum(p.replies for p in all_phases) + drain.get("replies", 0)
+    lost = sum(p.missing for p in all_phases) + drain.get("missing", 0)
+    duplicates = sum(p.duplicates for p in all_phases) + drain.get("duplicates", 0)
     p99_ratio = _ratio(s["p99_ms"], e["p99_ms"])
     return {
         "benchmark": "pipeline",
@@ -571,6 +640,8 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
         "echo_max_rate_is_ramp_cap": bool(opts.ramp) and echo.max_rate == opts.ramp[-1],
         "sf_max_rate_is_ramp_cap": bool(opts.ramp) and sf.max_rate == opts.ramp[-1],
         "sf_peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in sf.ramp), default=0.0),
+        # one worker draining a backlog with the load generator idle (None: --drain 0)
+        "sf_drain_rate": drain.get("rate"),
         "echo_peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in echo.ramp), default=0.0),
         "sent": sent,
         "replies": replies,
@@ -582,6 +653,7 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
         "echo_ramp": [summarize(p) for p in echo.ramp],
         "sf_ramp": [summarize(p) for p in sf.ramp],
         "sf_breakdown": sf.extra.get("breakdown"),
+        "sf_drain": drain or None,
         "targets": {
             "p99_within_2x_echo": p99_ratio is not None and p99_ratio <= 2.0,
             "none_lost": lost == 0,
@@ -637,6 +709,14 @@ def format_report(r: dict[str, Any]) -> str:
             parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "cores_busy")
             busy = cpu["cores_busy"]
             lines.append(f"{name} CPU ms per request at {r['rate']}/s: {parts} ({busy} cores busy)")
+    drain = r.get("sf_drain")
+    if drain:
+        cpu = ", ".join(f"{k} {v}" for k, v in drain["cpu_ms_per_request"].items() if k != "cores_busy")
+        lines.append(
+            f"worker capacity: a backlog of {drain['requests']} drained by one worker at {drain['rate']}/s"
+            f" ({drain['replies']} replies in {drain['seconds']} s, load generator idle; CPU ms per request:"
+            f" {cpu})"
+        )
     if r["sf_error_replies"]:
         lines.append(f"ScriptForge error replies: {r['sf_error_replies']}")
     if r["sf_breakdown"]:
@@ -659,6 +739,7 @@ def options(args: argparse.Namespace) -> Options:
         grace=float(getattr(args, "grace", 10.0)),
         sandbox_processes=int(getattr(args, "processes", 0) or 0),
         profile_worker=getattr(args, "profile_worker", None),
+        drain=int(getattr(args, "drain", 0) or 0),
     )
 
 

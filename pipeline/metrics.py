@@ -6,6 +6,7 @@ runs one worker (tests that start several in one process share the counters, whi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -34,6 +35,32 @@ SANDBOX_RESTARTS = Gauge(
 CONSUMER_LAG = Gauge(
     "scriptforge_consumer_lag", "Messages of the invocations topic not yet read, by partition", ["partition"]
 )
+
+
+#: partitions whose lag was last set (so that revoked ones are removed, not left at a stale value)
+_lag_partitions: set[str] = set()
+
+
+def record_consumer_lag(stats_json: str, topic: str) -> None:
+    """Set CONSUMER_LAG from librdkafka's statistics (the consumer's ``stats_cb``): per partition of
+    ``topic`` this consumer is assigned, the end offset minus the committed offset, so it counts
+    requests taken and not yet answered as well as those not yet read."""
+    try:
+        stats = json.loads(stats_json)
+        partitions = stats["topics"][topic]["partitions"]
+    except (ValueError, KeyError, TypeError):
+        return  # no statistics for the topic yet (not assigned): nothing to say
+    seen = set()
+    for number, partition in partitions.items():
+        lag = partition.get("consumer_lag", -1)
+        if number == "-1" or not isinstance(lag, int) or lag < 0:
+            continue  # the internal unassigned partition, or one not consumed here
+        CONSUMER_LAG.labels(number).set(lag)
+        seen.add(number)
+    for gone in _lag_partitions - seen:
+        CONSUMER_LAG.remove(gone)
+    _lag_partitions.clear()
+    _lag_partitions.update(seen)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

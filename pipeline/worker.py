@@ -86,6 +86,10 @@ LOOKUP_CATCH_UP = 2.0
 COMMIT_INTERVAL = 0.2
 #: on revocation, how long to wait for the revoked partitions' requests before committing what finished
 REVOKE_WAIT = 5.0
+#: how long the delivery thread gathers delivery reports after handing some to the loop
+DELIVERY_GATHER = 0.005
+#: how often librdkafka reports statistics, from which the consumer-lag gauge is set
+LAG_INTERVAL_MS = 5000
 #: most messages handed from the consumer thread to the loop at once
 POLL_BATCH = 1000
 #: the consumer thread's longest wait in poll (queued consumer calls wait at most this long)
@@ -170,13 +174,18 @@ class Output:
         assert loop is not None
         while not self._stop.is_set():
             self._producer.poll(0.05)
-            self._hand_over(loop)
+            if self._hand_over(loop):
+                # reports only release commits and in-flight slots (the replies are already on their
+                # way): gathering them for a few ms saves the loop a wake-up per reply at low rates
+                self._stop.wait(DELIVERY_GATHER)
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._reports:
-            batch, self._reports = self._reports, []
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
-                loop.call_soon_threadsafe(_settle, batch)
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if not self._reports:
+            return False
+        batch, self._reports = self._reports, []
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
+            loop.call_soon_threadsafe(_settle, batch)
+        return True
 
     async def close(self) -> None:
         self._stop.set()
@@ -671,8 +680,14 @@ class Worker:
         await asyncio.to_thread(self.registry.wait_caught_up)
         loop = self._loop = asyncio.get_running_loop()
         self.output.start(loop)
+        invocations = self.topics.invocations
         consumer = self._consumer = Consumer(
-            {**consumer_config(self.settings, self.group_id), "on_commit": self._on_commit}
+            {
+                **consumer_config(self.settings, self.group_id),
+                "on_commit": self._on_commit,
+                "statistics.interval.ms": LAG_INTERVAL_MS,
+                "stats_cb": lambda stats: metrics.record_consumer_lag(stats, invocations),
+            }
         )
         consumer.subscribe(
             [self.topics.invocations],

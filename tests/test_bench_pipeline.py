@@ -26,6 +26,7 @@ FIELDS = {
     "replies",
     "lost",
     "duplicates",
+    "sf_drain_rate",
     "settings",
     "cores",
 }
@@ -34,7 +35,7 @@ FIELDS = {
 def test_bench_pipeline_prints_one_json_line(kafka_bootstrap: str) -> None:
     env = dict(os.environ, SCRIPTFORGE_BROKER=kafka_bootstrap)
     argv = ["bench", "pipeline", "--rate", "100", "--seconds", "2", "--ramp", "200", "--ramp-seconds", "1"]
-    argv += ["--grace", "5", "--scripts", "2"]
+    argv += ["--grace", "5", "--scripts", "2", "--drain", "300"]
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", *argv], env=env, capture_output=True, text=True, timeout=120
     )
@@ -46,3 +47,5 @@ def test_bench_pipeline_prints_one_json_line(kafka_bootstrap: str) -> None:
     assert report["rate"] == 100 and report["lost"] == 0
     assert report["sent"] == report["replies"] > 0
     assert "ScriptForge" in done.stderr and "echo" in done.stderr
+    assert report["sf_drain"]["replies"] == 300 and report["sf_drain_rate"] > 0
+    assert "worker capacity" in done.stderr

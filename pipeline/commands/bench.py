@@ -28,6 +28,9 @@ def register(subparsers: Any) -> None:
     pipeline.add_argument("--scripts", type=int, default=8, help="script names the requests spread over")
     pipeline.add_argument("--timeout-ms", type=int, default=60_000, help="each request's deadline")
     pipeline.add_argument("--grace", type=float, default=10.0, help="seconds to wait for replies after")
+    pipeline.add_argument(
+        "--drain", type=int, default=30_000, help="backlog one freshly started worker drains (0: skip)"
+    )
     pipeline.add_argument("--profile-worker", metavar="FILE", help="run the worker under cProfile into FILE")
     p.set_defaults(handler=handle)
 

@@ -184,6 +184,22 @@ async def test_unknown_script_is_not_found(client: InvocationClient) -> None:
     assert str(outcome.reason) == "not_found", outcome
 
 
+async def test_consumer_lag_is_reported_per_assigned_partition(worker: Worker) -> None:
+    from prometheus_client import REGISTRY
+
+    from pipeline.worker import LAG_INTERVAL_MS
+
+    deadline = time.monotonic() + LAG_INTERVAL_MS / 1000 + 5.0
+    partitions: set[str] = set()
+    while time.monotonic() < deadline and not partitions:
+        await asyncio.sleep(0.2)
+        for family in REGISTRY.collect():
+            if family.name == "scriptforge_consumer_lag":
+                partitions = {s.labels["partition"] for s in family.samples if s.value >= 0}
+    assert partitions, "no consumer-lag sample within a statistics interval"
+    assert partitions <= {str(p) for p in range(worker.settings.partitions)}
+
+
 async def test_expired_request_is_answered_without_running(
     registry: ScriptRegistry, client: InvocationClient
 ) -> None:

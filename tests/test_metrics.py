@@ -1,0 +1,34 @@
+"""The consumer-lag gauge, set from librdkafka's statistics (no Kafka: a statistics document)."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import REGISTRY
+
+from pipeline import metrics
+
+
+def _stats(lags: dict[str, int]) -> str:
+    partitions = {p: {"partition": int(p), "consumer_lag": lag} for p, lag in lags.items()}
+    partitions["-1"] = {"partition": -1, "consumer_lag": -1}  # librdkafka's internal partition
+    return json.dumps({"topics": {"sf.invocations": {"partitions": partitions}}})
+
+
+def _lag(partition: str) -> float | None:
+    return REGISTRY.get_sample_value("scriptforge_consumer_lag", {"partition": partition})
+
+
+def test_lag_is_set_per_assigned_partition_and_removed_when_the_partition_goes() -> None:
+    metrics.record_consumer_lag(_stats({"0": 12, "3": 0, "5": -1}), "sf.invocations")
+    assert (_lag("0"), _lag("3")) == (12.0, 0.0)
+    assert _lag("5") is None and _lag("-1") is None  # not consumed here
+    metrics.record_consumer_lag(_stats({"3": 7}), "sf.invocations")  # partition 0 was revoked
+    assert (_lag("0"), _lag("3")) == (None, 7.0)
+
+
+def test_statistics_without_the_topic_change_nothing() -> None:
+    metrics.record_consumer_lag(_stats({"2": 4}), "sf.invocations")
+    metrics.record_consumer_lag(json.dumps({"topics": {}}), "sf.invocations")
+    metrics.record_consumer_lag("not json", "sf.invocations")
+    assert _lag("2") == 4.0
