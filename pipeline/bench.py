@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,7 +416,8 @@ def breakdown(phase: Phase, wall_minus_perf: float) -> dict[str, dict[str, float
 @dataclass
 class Target:
     name: str
-    fixed: Phase | None = None
+    fixed: Phase | None = None  # the fixed rounds pooled (after the final drain)
+    fixed_parts: list[Phase] = field(default_factory=list)
     ramp: list[Phase] = field(default_factory=list)
     max_rate: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -437,19 +438,47 @@ class Options:
     sandbox_processes: int
     profile_worker: str | None
     drain: int = 0
+    rounds: int = 5
 
 
-def _measure(runner: Runner, target: Target, opts: Options, check_errors: bool) -> None:
-    # a short unmeasured warm phase: every script compiled, every connection up
-    warm = runner.run("w", min(opts.rate, 500), 1.0, wait=opts.grace)
-    runner.drain([warm], opts.grace)
-    print(f"{target.name}: fixed {opts.rate}/s for {opts.seconds:g} s", file=sys.stderr)
-    target.fixed = runner.run("f", opts.rate, opts.seconds, wait=opts.grace)
+@dataclass
+class Contender:
+    """A system under test, started and answering: its results, its runner, its process."""
+
+    target: Target
+    runner: Runner
+    proc: subprocess.Popen[bytes]
+    check_errors: bool
+    #: stop the process / start a fresh one (ScriptForge's drain); None for the echo
+    stop: Callable[[], None] | None = None
+    start: Callable[[], subprocess.Popen[bytes]] | None = None
+
+
+def _warm(c: Contender, opts: Options) -> None:
+    """A short unmeasured phase: every script compiled, every connection up."""
+    warm = c.runner.run("w", min(opts.rate, 500), 1.0, wait=opts.grace)
+    c.runner.drain([warm], opts.grace)
+
+
+def _fixed_rounds(contenders: Sequence[Contender], opts: Options) -> None:
+    """The fixed-rate phase in ``opts.rounds`` rounds, the systems taking turns (echo, ScriptForge,
+    echo, ...), so that a stall of the shared machine lands on both alike instead of on whichever
+    happened to be running; each system's rounds are pooled into its fixed phase."""
+    rounds = max(1, opts.rounds)
+    print(f"fixed {opts.rate}/s for {opts.seconds:g} s each, in {rounds} alternating rounds", file=sys.stderr)
+    for i in range(rounds):
+        for c in contenders:
+            part = c.runner.run(f"f{i}", opts.rate, opts.seconds / rounds, wait=opts.grace)
+            c.target.fixed_parts.append(part)
+
+
+def _ramp(c: Contender, opts: Options) -> None:
+    target, runner = c.target, c.runner
     for rate in opts.ramp:
         step = runner.run(f"r{rate}", rate, opts.ramp_seconds, wait=min(opts.grace, 10.0))
         target.ramp.append(step)
         s = summarize(step)
-        errors = error_replies(step) if check_errors else {}
+        errors = error_replies(step) if c.check_errors else {}
         ok = s["missing"] == 0 and not errors and s["p99_ms"] <= opts.p99_limit_ms
         print(
             f"{target.name}: ramp {rate}/s: p99 {s['p99_ms']} ms, {s['replies']}/{s['sent']} replies,"
@@ -460,18 +489,49 @@ def _measure(runner: Runner, target: Target, opts: Options, check_errors: bool) 
             break
         target.max_rate = rate
         runner.drain([step], opts.grace)
-    phases = [target.fixed, *target.ramp]
-    runner.drain(phases, opts.grace + 20.0)  # late replies are not lost
-    if check_errors:
+
+
+def _settle(c: Contender, opts: Options) -> None:
+    """Waits for late replies (they are not lost), pools the fixed rounds, counts error replies."""
+    target = c.target
+    phases = [*target.fixed_parts, *target.ramp]
+    c.runner.drain(phases, opts.grace + 20.0)
+    target.fixed = merge(target.fixed_parts)
+    target.extra["round_p99_ms"] = [summarize(p)["p99_ms"] for p in target.fixed_parts]
+    if c.check_errors:
         for p in phases:
             for k, v in error_replies(p).items():
                 target.errors[k] = target.errors.get(k, 0) + v
-    target.unknown = runner.unknown
+    target.unknown = c.runner.unknown
 
 
-async def _run_echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> Target:
+def merge(parts: Sequence[Phase]) -> Phase:
+    """Rounds of one fixed phase as one phase: latencies pooled, spans and CPU added up."""
+    replies = sum(p.replies for p in parts) or 1
+    cpu: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.cpu.items():
+            cpu[k] = cpu.get(k, 0.0) + v * p.replies / replies
+    return Phase(
+        tag="f",
+        rate=parts[0].rate,
+        seconds=sum(p.seconds for p in parts),
+        n=sum(p.n for p in parts),
+        t0=0.0,
+        scheduled=[t for p in parts for t in p.scheduled],
+        latency=[x for p in parts for x in p.latency],
+        values=[v for p in parts for v in p.values],
+        duplicates=sum(p.duplicates for p in parts),
+        max_send_lag=max(p.max_send_lag for p in parts),
+        sent_span=sum(p.sent_span for p in parts),
+        last_arrival=sum(max(p.last_arrival - p.t0, p.sent_span) for p in parts),
+        cpu={k: round(v, 3) for k, v in cpu.items()},
+    )
+
+
+@contextlib.asynccontextmanager
+async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> AsyncIterator[Contender]:
     settings = dataclasses.replace(base, topic_prefix=f"{prefix}-echo")
-    target = Target("echo")
     async with BenchClient(settings, keep_values=False) as client:  # creates the request topic
         log = (workdir / "echo.log").open("wb")
         cmd = [
@@ -486,20 +546,20 @@ async def _run_echo(base: Settings, prefix: str, opts: Options, workdir: Path) -
         try:
             meter = CpuMeter({**_common_cpu(), "echo": functools.partial(process_cpu_s, proc.pid)})
             runner = Runner(client, ["echo"], opts.timeout_ms, meter)
+            target = Target("echo")
             target.extra["startup_s"] = round(
                 await asyncio.to_thread(runner.warm_up, 60.0, lambda: proc.poll() is None), 2
             )
-            await asyncio.to_thread(_measure, runner, target, opts, False)
+            yield Contender(target, runner, proc, check_errors=False)
             target.extra["client_duplicates"] = client.duplicates
         finally:
             _stop(proc)
             log.close()
-    return target
 
 
-async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path) -> Target:
+@contextlib.asynccontextmanager
+async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path) -> AsyncIterator[Contender]:
     settings = dataclasses.replace(base, topic_prefix=prefix, metrics_port=0, data_dir=workdir / "data")
-    target = Target("scriptforge")
     names = [f"route{i}" for i in range(opts.scripts)]
     registry = ScriptRegistry(settings)
     await asyncio.to_thread(registry.start)
@@ -515,13 +575,25 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "worker.log"
     log = log_path.open("wb")
+    contender: Contender | None = None
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        assert contender is not None
+        _stop(contender.proc)
+
+    def start() -> subprocess.Popen[bytes]:
+        assert contender is not None
+        contender.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return contender.proc
+
     try:
         async with BenchClient(settings, keep_values=True) as client:
             worker = functools.partial(process_cpu_s, proc.pid)
             sandboxes = functools.partial(children_cpu_s, proc.pid)
             meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
             runner = Runner(client, names, opts.timeout_ms, meter)
+            target = Target("scriptforge")
             try:
                 target.extra["startup_s"] = round(
                     await asyncio.to_thread(runner.warm_up, 90.0, lambda: proc.poll() is None), 2
@@ -529,31 +601,38 @@ async def _run_scriptforge(base: Settings, prefix: str, opts: Options, workdir: 
             except RuntimeError as exc:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the worker did not answer: {exc}\n{tail}") from None
-            await asyncio.to_thread(_measure, runner, target, opts, True)
-            assert target.fixed is not None
-            target.extra["breakdown"] = breakdown(target.fixed, time.time() - time.perf_counter())
-            if opts.drain:
-                _stop(proc)
-
-                def restart() -> subprocess.Popen[bytes]:
-                    nonlocal proc
-                    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-                    return proc
-
-                target.extra["drain"] = await asyncio.to_thread(_drain, runner, opts, restart)
+            contender = Contender(target, runner, proc, check_errors=True, stop=stop, start=start)
+            yield contender
             target.extra["client_duplicates"] = client.duplicates
     finally:
-        _stop(proc, timeout=30.0 if opts.profile_worker else 15.0)
+        _stop(contender.proc if contender else proc, timeout=30.0 if opts.profile_worker else 15.0)
         log.close()
-    return target
 
 
-def _drain(runner: Runner, opts: Options, start: Callable[[], subprocess.Popen[bytes]]) -> dict[str, Any]:
-    """The worker's own capacity: ``opts.drain`` requests waiting in the topic, a worker started on
-    them, its replies timed from the first to the last (start-up excluded), while the load generator
-    only reads replies. CPU is metered over the same span."""
-    phase = runner.backlog("d", opts.drain)
-    proc = start()
+def _compare(echo: Contender, sf: Contender, opts: Options) -> None:
+    """Both warm; the fixed rate in alternating rounds; then each one's ramp alone (the other idle);
+    then ScriptForge's drain."""
+    for c in (echo, sf):
+        _warm(c, opts)
+    _fixed_rounds([echo, sf], opts)
+    for c in (echo, sf):
+        _ramp(c, opts)
+    for c in (echo, sf):
+        _settle(c, opts)
+    assert sf.target.fixed is not None
+    sf.target.extra["breakdown"] = breakdown(sf.target.fixed, time.time() - time.perf_counter())
+    if opts.drain:
+        sf.target.extra["drain"] = _drain(sf, opts)
+
+
+def _drain(c: Contender, opts: Options) -> dict[str, Any]:
+    """The worker's own capacity: the worker is stopped, ``opts.drain`` requests are produced, a fresh
+    worker is started on them, and its replies are timed from the first to the last (start-up
+    excluded) while the load generator only reads replies. CPU is metered over the same span."""
+    assert c.stop is not None and c.start is not None
+    c.stop()  # first: a running worker would answer part of the backlog as it is produced
+    phase = c.runner.backlog("d", opts.drain)
+    proc = c.start()
     meter = CpuMeter(
         {
             **_common_cpu(),
@@ -561,24 +640,23 @@ def _drain(runner: Runner, opts: Options, start: Callable[[], subprocess.Popen[b
             "sandboxes": functools.partial(children_cpu_s, proc.pid),
         }
     )
-    arrivals = runner.client.arrivals
+    arrivals = c.runner.client.arrivals
     seen = len(arrivals)
     deadline = time.perf_counter() + 90.0
-    while len(arrivals) == seen and time.perf_counter() < deadline:  # start-up: not measured
+    while len(arrivals) == seen and time.perf_counter() < deadline:  # start-up: not metered
         time.sleep(0.001)
-    first = time.perf_counter()
     meter.start()
-    runner.drain([phase], opts.grace + 60.0)
+    c.runner.drain([phase], opts.grace + 60.0)
     meter.stop()
-    got = [t for t in (phase.latency[i] for i in range(phase.n)) if t is not None]
-    span = max(phase.last_arrival - first, 1e-9)
+    got = sorted(t for t in phase.latency if t is not None)  # arrival = t0 + latency: all after t0
+    span = max(got[-1] - got[0], 1e-3) if got else float("nan")
     return {
         "requests": phase.n,
         "replies": len(got),
         "missing": phase.missing,
         "duplicates": phase.duplicates,
-        "seconds": round(span, 2),
-        "rate": round(len(got) / span, 1),
+        "seconds": round(span, 3),
+        "rate": round(len(got) / span, 1) if got else 0.0,
         "cpu_ms_per_request": meter.per_request_ms(len(got)),
     }
 
@@ -654,6 +732,8 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
         "sf_ramp": [summarize(p) for p in sf.ramp],
         "sf_breakdown": sf.extra.get("breakdown"),
         "sf_drain": drain or None,
+        "echo_round_p99_ms": echo.extra.get("round_p99_ms"),
+        "sf_round_p99_ms": sf.extra.get("round_p99_ms"),
         "targets": {
             "p99_within_2x_echo": p99_ratio is not None and p99_ratio <= 2.0,
             "none_lost": lost == 0,
@@ -675,6 +755,7 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
             "client": "InvocationClient (linger.ms 1, acks all, idempotent; reply fetch.wait.max.ms 10)",
             "worker_startup_s": sf.extra.get("startup_s"),
             "profile_worker": opts.profile_worker,
+            "rounds": opts.rounds,
         },
         "cores": os.cpu_count(),
         "note": "load generator, echo/worker, sandbox processes and broker share these cores",
@@ -689,11 +770,13 @@ def format_report(r: dict[str, Any]) -> str:
 
     lines = [
         f"pipeline bench on {r['cores']} cores (load generator, worker, sandboxes, broker all share them)",
-        f"at {r['rate']} req/s for {r['seconds']:g} s (open loop, latency from the scheduled send):",
+        f"at {r['rate']} req/s for {r['seconds']:g} s each, in {r['settings']['rounds']} alternating rounds"
+        " (open loop, latency from the scheduled send):",
         f"  bare Kafka echo   p50 {r['echo_p50_ms']:7.2f} ms  p99 {r['echo_p99_ms']:7.2f} ms"
         f"  max {r['echo_max_ms']:7.2f} ms",
         f"  ScriptForge       p50 {r['sf_p50_ms']:7.2f} ms  p99 {r['sf_p99_ms']:7.2f} ms"
         f"  max {r['sf_max_ms']:7.2f} ms",
+        f"  p99 by round      echo {r['echo_round_p99_ms']}, ScriptForge {r['sf_round_p99_ms']}",
         f"  ratio             p50 {r['p50_ratio']}x  p99 {r['p99_ratio']}x   "
         f"(target p99 <= 2x: {mark(t['p99_within_2x_echo'])})",
         f"max sustainable rate (p99 <= {r['settings']['p99_limit_ms']:g} ms, all answered): "
@@ -740,6 +823,7 @@ def options(args: argparse.Namespace) -> Options:
         sandbox_processes=int(getattr(args, "processes", 0) or 0),
         profile_worker=getattr(args, "profile_worker", None),
         drain=int(getattr(args, "drain", 0) or 0),
+        rounds=int(getattr(args, "rounds", 5) or 1),
     )
 
 
@@ -748,12 +832,15 @@ async def _bench(opts: Options, settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            echo = await _run_echo(settings, prefix, opts, workdir)
-            sf = await _run_scriptforge(settings, prefix, opts, workdir)
+            async with (
+                _echo(settings, prefix, opts, workdir) as echo,
+                _scriptforge(settings, prefix, opts, workdir) as sf,
+            ):
+                await asyncio.to_thread(_compare, echo, sf, opts)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(_delete_prefix, settings, prefix)
-    return build_report(echo, sf, opts, settings, prefix)
+    return build_report(echo.target, sf.target, opts, settings, prefix)
 
 
 def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:

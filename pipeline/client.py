@@ -55,8 +55,10 @@ class InvocationClient:
         self.late = 0
         self.replies = 0
         self._pending: dict[str, asyncio.Future[InvocationReply]] = {}
-        self._answered: set[str] = set()
-        self._given_up: set[str] = set()
+        # recent call ids only: a duplicate or late reply comes within seconds, and a long-lived
+        # client (the routing engine's) must not keep every call id it ever made
+        self._answered = RecentIds(RECENT_IDS)
+        self._given_up = RecentIds(RECENT_IDS)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -238,6 +240,33 @@ class InvocationClient:
             self.late += 1
         elif reply.call_id in self._answered:
             self.duplicates += 1
+
+
+#: call ids a client remembers as answered or given up on, for counting duplicate and late replies
+RECENT_IDS = 100_000
+
+
+class RecentIds:
+    """A set of the last ``capacity`` ids added (the oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}  # insertion-ordered
+
+    def add(self, call_id: str) -> None:
+        self._ids.pop(call_id, None)
+        self._ids[call_id] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+
+    def discard(self, call_id: str) -> None:
+        self._ids.pop(call_id, None)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 def invoke_once(settings: Settings, script: str, vars: Any, **kwargs: Any) -> Outcome:

@@ -86,6 +86,13 @@ LOOKUP_CATCH_UP = 2.0
 COMMIT_INTERVAL = 0.2
 #: on revocation, how long to wait for the revoked partitions' requests before committing what finished
 REVOKE_WAIT = 5.0
+#: requests taken from Kafka and not yet answered before the worker pauses its partitions (and resumes
+#: at half). Each pause makes librdkafka drop what it prefetched and fetch it again on resume, so a
+#: small window starves the lanes: a backlog of 60,000 drained at 3,600/s with 1,000, 5,200/s with
+#: 5,000, 5,600/s with 10,000 and 5,200/s with 20,000 (bench pipeline --drain; the cores are full from
+#: 5,000). The price of a larger window is what a revocation must finish within REVOKE_WAIT (the rest
+#: runs again at the next owner).
+MAX_IN_FLIGHT = 5000
 #: how long the delivery thread gathers delivery reports after handing some to the loop
 DELIVERY_GATHER = 0.005
 #: how often librdkafka reports statistics, from which the consumer-lag gauge is set
@@ -646,7 +653,7 @@ class Worker:
     else (lanes, handler, commit positions) runs on the loop.
     """
 
-    def __init__(self, settings: Settings, *, max_in_flight: int = 1000) -> None:
+    def __init__(self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.settings = settings
         self.topics = Topics(settings)
         self.id = worker_id()

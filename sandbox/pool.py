@@ -33,6 +33,8 @@ from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
 
 _REASONS = {r.value: r for r in Reason}
 
+#: how long the watchdog keeps ticking after the last run
+WATCHDOG_LINGER_S = 1.0
 #: most bytes taken from a sandbox process's channel per read
 READ_CHUNK = 1 << 20
 
@@ -286,9 +288,12 @@ class SandboxPool:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        """Every few milliseconds: demote long runs, end runs past their deadline. Sleeps while idle."""
+        """Every few milliseconds: demote long runs, end runs past their deadline. Ends after a second
+        without runs (``_ensure_watchdog`` starts it again): ending at the first idle tick meant a new
+        task and timer for nearly every run at low rates, where runs are short and far apart."""
         tick = self.config.watchdog_tick_ms / 1000.0
         demote_after = self.config.demote_after_ms / 1000.0
+        idle_since, runs_seen = time.monotonic(), self._runs
         while not self._closed:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -297,7 +302,9 @@ class SandboxPool:
                 if p.run_started:
                     busy = True
                     p.check(now, demote_after)
-            if not busy:
+            if busy or self._runs != runs_seen:
+                idle_since, runs_seen = now, self._runs
+            elif now - idle_since > WATCHDOG_LINGER_S:
                 return
 
     async def close(self) -> None:

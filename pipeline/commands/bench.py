@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
     pipeline.add_argument("--timeout-ms", type=int, default=60_000, help="each request's deadline")
     pipeline.add_argument("--grace", type=float, default=10.0, help="seconds to wait for replies after")
     pipeline.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="the fixed phase in this many rounds, echo and ScriptForge in turn",
+    )
+    pipeline.add_argument(
         "--drain", type=int, default=30_000, help="backlog one freshly started worker drains (0: skip)"
     )
     pipeline.add_argument("--profile-worker", metavar="FILE", help="run the worker under cProfile into FILE")

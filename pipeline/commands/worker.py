@@ -14,12 +14,14 @@ from typing import Any
 from pipeline import metrics
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
-from pipeline.worker import Worker
+from pipeline.worker import MAX_IN_FLIGHT, Worker
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("worker", help="run invocations from Kafka in the sandbox and reply")
-    p.add_argument("--max-in-flight", type=int, default=1000, help="requests taken and not yet answered")
+    p.add_argument(
+        "--max-in-flight", type=int, default=MAX_IN_FLIGHT, help="requests taken and not yet answered"
+    )
     p.add_argument("--log-level", default="WARNING", help="Python log level (WARNING)")
     p.set_defaults(handler=handle)
 

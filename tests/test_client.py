@@ -1,0 +1,18 @@
+"""The client's memory of answered call ids is bounded (a routing engine's client lives for months)."""
+
+from __future__ import annotations
+
+from pipeline.client import RecentIds
+
+
+def test_recent_ids_forget_the_oldest_beyond_capacity() -> None:
+    ids = RecentIds(3)
+    for call_id in ("a", "b", "c"):
+        ids.add(call_id)
+    ids.add("a")  # seen again: now the newest
+    ids.add("d")
+    assert len(ids) == 3
+    assert "b" not in ids and all(x in ids for x in ("a", "c", "d"))
+    ids.discard("c")
+    ids.discard("never")
+    assert "c" not in ids and len(ids) == 2
