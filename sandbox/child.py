@@ -2,8 +2,8 @@
 
 Wire format on the channel (one message per ``send_bytes``; the first byte says what it is):
 parent -> child: ``B`` a batch of runs of one script (JSON header, newline, the runs' vars JSON
-back to back), ``S`` a script's source the child asked for, ``H`` host-call results, ``P`` isolation
-probe.
+back to back), ``S`` a script's source the child asked for, ``H`` host-call results (the tag of the
+run that asked, newline, the results JSON), ``P`` isolation probe.
 child -> parent: ``R`` ready, ``N`` need the script, ``C`` host calls (meta, newline, calls JSON),
 ``D`` done (meta, newline, result JSON), ``P`` probe report.
 """
@@ -162,14 +162,21 @@ class _Channel:
         self.run_id = 0
 
     def host(self, calls_json: str, deadline: float) -> str:
-        self.conn.send_bytes(b"C" + orjson.dumps({"run_id": self.run_id}) + b"\n" + calls_json.encode())
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self.conn.poll(remaining):
-            raise RunDeadline
-        data = self.conn.recv_bytes()
-        if data[:1] != b"H":
-            raise EOFError("protocol error: expected host results")
-        return data[1:].decode()
+        """Sends the run's host calls and waits for their results. Results tagged with another run id
+        are skipped: they answer an earlier run of the batch that ended (its deadline) while its
+        calls were out, and must not reach this one."""
+        tag = orjson.dumps({"run_id": self.run_id})
+        self.conn.send_bytes(b"C" + tag + b"\n" + calls_json.encode())
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.conn.poll(remaining):
+                raise RunDeadline
+            data = self.conn.recv_bytes()
+            if data[:1] != b"H":
+                raise EOFError("protocol error: expected host results")
+            head, _, results = data[1:].partition(b"\n")
+            if head == tag:
+                return results.decode()
 
 
 def _serve(conn: Connection) -> None:

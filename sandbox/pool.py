@@ -484,11 +484,11 @@ class SandboxPool:
                     if index < count:
                         proc.arm(budgets[index], self.config.grace_ms)  # the next run's backstop
                 elif kind == b"C":
-                    _, _, calls = msg[1:].partition(b"\n")
+                    tag, _, calls = msg[1:].partition(b"\n")
                     if sessions[index] is None:
                         sessions[index] = self._session(script, invocations[index])
                     results = await self._host_calls(sessions[index], orjson.loads(calls), proc.hard_deadline)
-                    proc.send(b"H" + results)
+                    proc.send(b"H" + tag + b"\n" + results)  # tagged with the run, see _Channel.host
                 elif kind == b"N":
                     proc.send(b"S" + orjson.dumps(_spec(script)))
             return count

@@ -119,3 +119,40 @@ async def test_variables_that_are_not_json_stop_the_batch_before_them(pool):
     ended, seen = await _batch(pool, script, invocations[2:])
     assert ended == 1
     assert seen[0][1].reason == "runtime" and seen[0][1].code == 400
+
+
+class _SlowHost:
+    """Answers every host call with the name it was given; calls for 'slow' take 150 ms."""
+
+    def session(self, script: Script, invocation: Invocation) -> Any:
+        return self
+
+    async def call(self, method: str, args: list[Any]) -> Any:
+        if args and args[0] == "slow":
+            await asyncio.sleep(0.15)
+        return f"value-of-{args[0]}"
+
+    async def finish(self, outcome: Outcome) -> None:
+        return None
+
+
+async def test_results_of_a_run_that_ended_never_reach_the_next_run_of_the_batch():
+    # run 0 ends at its caller's deadline (60 ms) while its host call is out; the call's results
+    # arrive after that (within the parent's grace, 300 ms here), and run 1, already waiting for its
+    # own, must skip them
+    from sandbox import SandboxPool
+    from sandbox.pool import PoolConfig
+
+    source = "async function main(d) { const v = await datastore.get(d.key); return {key: d.key, v: v}; }"
+    script = _script("batch-stale-results", source, timeout_ms=2000)
+    config = PoolConfig(processes=1, grace_ms=300)
+    async with SandboxPool(host=_SlowHost(), config=config) as solo:  # type: ignore[arg-type]
+        await _batch(solo, script, _invocations([{"key": "warm"}]))
+        invocations = _invocations([{"key": "slow"}, {"key": "fast"}])
+        soon = int(time.time() * 1000) + 60  # run 0's caller gives it 60 ms; run 1 has the script's 2 s
+        invocations[0] = Invocation(vars={"key": "slow"}, call_id="b-0", now_ms=NOW_MS, deadline_ms=soon)
+        ended, seen = await _batch(solo, script, invocations)
+    assert ended == 2
+    assert seen[0][1].reason == "timeout", seen[0][1].to_json()
+    assert seen[1][1].ok, seen[1][1].to_json()
+    assert seen[1][1].response == {"key": "fast", "v": "value-of-fast"}
