@@ -1,18 +1,28 @@
 """The worker: invocation requests from Kafka, runs in the sandbox, replies by call id.
 
-Flow of one request (``InvocationHandler.handle``): decode → deadline → registry lookup → run in the
-SandboxPool (child processes: the event loop only waits) → reply produced to the request's reply topic,
-keyed by call id → once the reply's delivery is confirmed the request is *finished*, and only finished
-requests are committed. Every failure becomes a reply and/or a dead-letter record inside the handler.
+Flow of one request: the consumer thread hands batches of messages to the loop → each goes to its
+script's lane (:mod:`pipeline.lanes`) → a lane hands what it has queued to ``InvocationHandler.handle_many``
+(decode → deadline → registry lookup) → the runnable ones go to the SandboxPool as one batch of that
+script, run in order in one sandbox process → each reply is produced to the request's reply topic,
+keyed by call id, as its run ends → once the reply's delivery is confirmed the request is *finished*,
+and only finished requests are committed. Every failure becomes a reply and/or a dead-letter record
+inside the handler.
 
-Ordering and commits: each request goes to a per-script lane (:mod:`pipeline.lanes`); one script's
-requests run in order, different scripts concurrently, and each partition's committed offset only
-covers a contiguous prefix of finished requests (``Lanes.advanced``, committed every 200 ms; on
-revocation the revoked partitions' requests are awaited, bounded, and committed synchronously).
+Ordering and commits: one script's requests run in order (its lane hands them over in order, the
+sandbox runs a batch in order, a crashed run is retried in place), different scripts concurrently;
+each partition's committed offset only covers a contiguous prefix of finished requests
+(``Lanes.advanced``, committed every 200 ms; on revocation the revoked partitions' requests are
+awaited, bounded, and committed synchronously).
 
 Crash recovery (:mod:`pipeline.recovery`): a partition whose previous owner died without progress runs
 its backlog one request at a time, and a request that keeps killing the worker is dead-lettered
 (``InvocationHandler.give_up``) instead of being run forever.
+
+Why batches: with one request per lane turn and per sandbox message, a script's lane was bound by its
+cycle time (request → sandbox round trip → a loop turn) and every request cost several wake-ups of
+several processes; one worker fell behind at 2,000/s with cores to spare. Batched, a backlog drains at
+5,200-5,600/s with the cores full, and most of a request's CPU is what it costs to wake the parts up
+when requests come one at a time (docs/pipeline.md has the figures).
 
 Why the invocation path uses confluent-kafka directly, not Faust: with the Faust agent (faust-streaming
 0.15.3 on aiokafka 0.14) one worker sustained 500-1,000 invocations/s and its p99 at 1,000/s was 1-2.7 s
@@ -20,15 +30,10 @@ Why the invocation path uses confluent-kafka directly, not Faust: with the Faust
 process spent about 0.8 ms of CPU per request, 60% of it in Faust/mode/aiokafka (the aiokafka producer
 19%, its connection 10%, mode services 16% with a task per event in the stream iterator, the Faust
 consumer 11%, stream iteration 6.5%, the conductor 6%). librdkafka fetches, batches and produces in C
-threads (the echo does 20,000/s from one Python process), so here the consumer thread hands whole batches
-to the loop and delivery reports come back in batches: at 2,000/s the worker's main process used about
-0.3 ms of CPU per request (62% of a core), the Kafka plumbing about a tenth of it in the profile, the rest
-being the handler and the sandbox round trip; at 1,000/s p50 fell from 2.15 s to about 5 ms (echo
-1.6 ms) and p99 to about 20 ms (the echo's own p99 ranged from 6 to 118 ms between runs on this shared
-machine), and the peak rose to 1,700-2,000/s, where the two cores are saturated (broker, sandbox
-processes and the load generator included). The invocation path also needs exact control of commits
-(Faust's commit logic cannot be given out-of-order acks), which a plain consumer gives directly.
-faust-streaming stays a dependency for stateful streams (tables) that do not sit on this path.
+threads, so here the consumer thread hands whole batches to the loop and delivery reports come back in
+batches. The invocation path also needs exact control of commits (Faust's commit logic cannot be given
+out-of-order acks), which a plain consumer gives directly. faust-streaming stays a dependency for
+stateful streams (tables) that do not sit on this path.
 """
 
 from __future__ import annotations

