@@ -497,29 +497,16 @@ class SandboxPool:
             return count
         except TimeoutError:
             proc.kill()
-            on_outcome(
-                index,
-                Outcome.failure(
-                    Reason.TIMEOUT,
-                    408,
-                    f"run exceeded its time limit of {budgets[index]:.0f} ms (sandbox process replaced)",
-                    duration_ms=(time.monotonic() - proc.run_started) * 1000.0,
-                ),
-            )
+            limit = f"{budgets[index]:.0f} ms"
+            why = f"run exceeded its time limit of {limit} (sandbox process replaced)"
+            on_outcome(index, _cut_short(proc, Reason.TIMEOUT, 408, why))
             return index + 1
         except (EOFError, OSError):
             proc.kill()
             sig = await asyncio.get_running_loop().run_in_executor(None, proc.exit_signal)
             what = f"signal {signal.Signals(sig).name}" if sig else "an unexpected exit"
-            on_outcome(
-                index,
-                Outcome.failure(
-                    Reason.CRASH,
-                    500,
-                    f"the sandbox process died ({what}) while running the script",
-                    duration_ms=(time.monotonic() - proc.run_started) * 1000.0,
-                ),
-            )
+            why = f"the sandbox process died ({what}) while running the script"
+            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why))
             return index + 1
         finally:
             if index < count and proc.alive:
@@ -591,6 +578,11 @@ class SandboxPool:
             return dict(orjson.loads(msg[1:]))
         finally:
             self._release(proc)
+
+
+def _cut_short(proc: _Process, reason: Reason, code: int, message: str) -> Outcome:
+    """The outcome of the run a process was in when it was killed or died."""
+    return Outcome.failure(reason, code, message, duration_ms=(time.monotonic() - proc.run_started) * 1000.0)
 
 
 def _spec(script: Script) -> dict[str, Any]:
