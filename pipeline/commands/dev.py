@@ -7,13 +7,12 @@ deploys the example scripts (a new version only when a file changed), and runs a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from pipeline.broker import LocalBroker
-from pipeline.commands.worker import serve_until_signalled
+from pipeline.commands.worker import run_worker
 from pipeline.records import source_sha256
 from pipeline.registry import ScriptRegistry
 from pipeline.settings import Settings
@@ -43,7 +42,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             """'{"routing": {"dest_number": "15551234567", "cli": "15557654321", "egress_routing": []}}'""",
             flush=True,
         )
-    asyncio.run(serve_until_signalled(Worker(settings)))
+    run_worker(Worker(settings), settings)
     return 0
 
 

@@ -29,10 +29,14 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics.serve(settings.metrics_port)
-    worker = Worker(settings, max_in_flight=args.max_in_flight)
+    run_worker(Worker(settings, max_in_flight=args.max_in_flight), settings)
+    return 0
+
+
+def run_worker(worker: Worker, settings: Settings) -> None:
+    """Runs ``worker`` on the configured event loop until SIGINT or SIGTERM (also ``scriptforge dev``)."""
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(serve_until_signalled(worker))
-    return 0
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
