@@ -294,7 +294,7 @@ def _by_definition(jobs: list[_Job]) -> list[list[_Job]]:
     """Consecutive jobs of the same script version, in order (a lane's requests may pin versions)."""
     groups: list[list[_Job]] = []
     for job in jobs:
-        if groups and groups[-1][0].definition is job.definition:
+        if groups and groups[-1][0].definition == job.definition:
             groups[-1].append(job)
         else:
             groups.append([job])
