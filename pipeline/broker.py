@@ -543,7 +543,10 @@ def java_major_version(version_output: str) -> int | None:
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether something listens on the port. Connections left in TIME_WAIT (a broker stopped a moment
+    ago) do not count: Java binds its listeners with SO_REUSEADDR, so Kafka can use such a port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
