@@ -11,8 +11,8 @@ moment leaves every unanswered request at or after its partition's committed off
 owner runs it again (at-least-once).
 
 The lane is released as soon as the handler returns, not when its reply is delivered: the next run of
-the same script may start while the previous reply is in flight. Replies of one lane are still produced
-in order (the producer's ``produce`` calls are), and commit positions stay in offset order.
+the same script may start while the previous reply is in flight. Commit positions stay in offset
+order; replies need no order among themselves (each call has its own, keyed by its call id).
 
 The worker (pipeline/worker.py) reads ``advanced()`` on a timer to commit, and ``release()`` on a
 revocation to wait (bounded) for the revoked partitions' requests and commit them once more.
