@@ -1,9 +1,9 @@
 """The routing engine's client library: one request/reply invocation of a script through Kafka.
 
 Each client instance owns a reply topic (one partition, created on start, deleted on close) read with
-``assign()``, not a consumer group, so starting a client never waits for a rebalance (FACTS.md). The
-producer lingers at most 1 ms and the reply consumer's fetch wait is 10 ms: the latency of a call is
-what matters, not batching.
+``assign()``, not a consumer group, so starting a client never waits for a rebalance (FACTS.md). A
+lone request goes out at once and a burst goes out batched (pipeline/producers.py), and the reply
+consumer's fetch wait is 10 ms: the latency of a call is what matters.
 
 Replies are at-least-once (a worker killed after replying re-runs the request): the first reply per call
 id wins, later ones are counted in ``duplicates``. Requests also carry the call id and the reply topic as
@@ -20,11 +20,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.codec import codec
 from pipeline.errors import CodecError
+from pipeline.producers import SplitProducer
 from pipeline.records import InvocationReply, InvocationRequest
 from pipeline.settings import Settings
 from pipeline.topics import Topics, TopicSpec, create_topics, delete_topics
@@ -63,8 +64,8 @@ class InvocationClient:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        self._producer = Producer(
-            {"bootstrap.servers": self.bootstrap, "linger.ms": 1, "acks": "all", "enable.idempotence": True}
+        self._producer = SplitProducer(
+            {"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True}
         )
         self._consumer = Consumer(
             {

@@ -55,7 +55,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -65,6 +64,7 @@ from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
 from pipeline.codec import codec
 from pipeline.errors import BrokerError, CodecError
 from pipeline.lanes import TP, Lanes
+from pipeline.producers import SplitProducer
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition, ScriptState
 from pipeline.recovery import Recovery
 from pipeline.registry import ScriptRegistry
@@ -100,12 +100,6 @@ REVOKE_WAIT = 5.0
 MAX_IN_FLIGHT = 5000
 #: how long the delivery thread gathers delivery reports after handing some to the loop
 DELIVERY_GATHER = 0.005
-#: fewer messages than this on their way: the next goes out on the prompt producer (see Output)
-PROMPT_BELOW = 8
-#: the delivery thread's longest wait for a report while the batching producer has messages out, and
-#: while it has none
-REPORT_WAIT = 0.005
-IDLE_REPORT_WAIT = 0.05
 #: how often librdkafka reports statistics, from which the consumer-lag gauge is set
 LAG_INTERVAL_MS = 5000
 #: most messages handed from the consumer thread to the loop at once
@@ -140,30 +134,20 @@ Report = asyncio.Future[None] | Callable[[BrokerError | None], None]
 
 
 class Output:
-    """The worker's producers (replies, dead letters). librdkafka batches and sends in its own threads;
-    one thread serves the delivery reports and hands them to the loop in batches, so completing a
-    request never depends on the consumer thread (see ``Worker._release``).
-
-    Two producers, because one linger cannot serve both loads: with ``linger.ms`` 1 a lone reply waits
-    1 ms for company that does not come (the reply leg's p50 at 1,000/s: 2.1-2.3 ms, against 1.4 ms
-    with 0), and with 0 a backlog goes out as a stream of tiny produce requests (a drain fell from
-    4,800-5,500/s to 3,600-3,800/s, the broker's CPU per request tripled). So a message goes out on
-    the prompt producer (linger 0) while fewer than ``PROMPT_BELOW`` are on their way, and on the
-    batching one otherwise. Replies to different calls may then overtake each other; nothing depends on
-    their order (each call has its one reply, keyed by its call id)."""
+    """The worker's producer (replies, dead letters): a SplitProducer, so a lone reply goes out at once
+    and a backlog's replies go out batched (pipeline/producers.py). librdkafka batches and sends in its
+    own threads; one thread serves the delivery reports and hands them to the loop in batches, so
+    completing a request never depends on the consumer thread (see ``Worker._release``)."""
 
     def __init__(self, broker: str) -> None:
-        common = {
-            "bootstrap.servers": broker,
-            "acks": "all",
-            "enable.idempotence": True,
-            "message.timeout.ms": int(SEND_TIMEOUT * 1000),
-        }
-        self._prompt = Producer({**common, "linger.ms": 0})
-        self._batching = Producer({**common, "linger.ms": 1})
-        #: messages produced (loop thread) and reported (delivery thread): each written by one thread
-        self._produced = 0
-        self._reported = 0
+        self._producer = SplitProducer(
+            {
+                "bootstrap.servers": broker,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": int(SEND_TIMEOUT * 1000),
+            }
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[Report, Any]] = []
         self._stop = threading.Event()
@@ -188,15 +172,11 @@ class Output:
 
     def _produce(self, topic: str, key: bytes, value: bytes, report: Report) -> None:
         def delivered(err: Any, _msg: Any) -> None:  # in the delivery thread
-            self._reported += 1
             self._reports.append((report, err))  # not a captured list: _hand_over swaps it
 
-        on_its_way = self._produced - self._reported
-        producer = self._prompt if on_its_way < PROMPT_BELOW else self._batching
-        self._produced += 1
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=delivered)
+                self._producer.produce(topic, value, key, on_delivery=delivered)
                 return
             except BufferError:  # librdkafka's queue is full: its threads are sending, wait a moment
                 time.sleep(0.001)
@@ -204,12 +184,8 @@ class Output:
     def _serve(self) -> None:
         loop = self._loop
         assert loop is not None
-        prompt, batching = self._prompt, self._batching
         while not self._stop.is_set():
-            # the wait is on the prompt producer, whose reports come at low rates; the batching one's
-            # come under load, when the thread hardly waits (and waits at most REPORT_WAIT)
-            prompt.poll(REPORT_WAIT if len(batching) else IDLE_REPORT_WAIT)
-            batching.poll(0)
+            self._producer.poll(0.05)
             if self._hand_over(loop):
                 # reports only release commits and in-flight slots (the replies are already on their
                 # way): gathering them for a few ms saves the loop a wake-up per reply at low rates
@@ -227,10 +203,7 @@ class Output:
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
-        await asyncio.gather(
-            asyncio.to_thread(self._prompt.flush, SEND_TIMEOUT),
-            asyncio.to_thread(self._batching.flush, SEND_TIMEOUT),
-        )
+        await asyncio.to_thread(self._producer.flush, SEND_TIMEOUT)
         if self._loop is not None:
             self._hand_over(self._loop)
 
