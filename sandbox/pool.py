@@ -37,6 +37,8 @@ _REASONS = {r.value: r for r in Reason}
 WATCHDOG_LINGER_S = 1.0
 #: most bytes taken from a sandbox process's channel per read
 READ_CHUNK = 1 << 18
+#: host calls one run may make (the prelude's MAX_HOST_CALLS): each costs this process's event loop
+MAX_HOST_CALLS = 1000
 
 
 @dataclass(frozen=True)
@@ -560,6 +562,9 @@ class SandboxPool:
             except Exception as exc:  # a host fault must reach the script as a rejection, not kill the run
                 return [call_id, False, [500, f"{method} failed: {exc}"]]
 
+        if len(calls) > MAX_HOST_CALLS:  # the prelude never sends this many: refuse, run none of them
+            why = f"Too many host calls in one run (the limit is {MAX_HOST_CALLS})"
+            return orjson.dumps([[call[0], False, [429, why]] for call in calls])
         timeout = max(deadline - time.monotonic(), 0.0)
         if len(calls) == 1:
             results = [await asyncio.wait_for(one(calls[0]), timeout)]

@@ -20,6 +20,9 @@
   const ErrorCtor = Error;
   const InternalErrorCtor = typeof InternalError === 'function' ? InternalError : Error;
   const MAX_DEPTH = 1000;
+  // Host calls one run may make; the next one fails the run. Each costs the worker's event loop:
+  // unbounded, a loop queueing a million lookups handed the worker a million calls at once.
+  const MAX_HOST_CALLS = 1000;
   // Reflect.apply and the methods below are captured now, so a script that replaces
   // Function.prototype.call, Array.prototype.push or String.prototype.slice later cannot reach us.
   const apply = Reflect.apply;
@@ -173,6 +176,17 @@
   function hostCall(method, params) {
     const runId = run.id;
     if (run.done) return new PromiseCtor(function () {});
+    if (run.callsMade >= MAX_HOST_CALLS) {
+      // the run fails rather than the call (a rejection can be swallowed, and a routing script past its
+      // budget of lookups must not pass for one that routed); the throw ends a synchronous loop of calls
+      const message = 'the run made more than ' + MAX_HOST_CALLS + ' host calls, the limit of one run';
+      if (!run.done) {
+        run.done = true;
+        run.result = failure('runtime', 500, message);
+      }
+      throw construct(ErrorCtor, [message]);
+    }
+    run.callsMade++;
     return new PromiseCtor(function (resolve, reject) {
       const id = ++nextCallId;
       waiting[id] = { resolve: resolve, reject: reject, runId: runId };
@@ -315,7 +329,11 @@
   const sf = {
     // Starts a run. Returns nothing; the host then drains jobs and polls `state`.
     start: function (varsJson, now, seedA, seedB, functionName) {
-      run = { id: run.id + 1, done: false, result: null, logs: [], logsDropped: 0, calls: [], outbound: [],
+      // calls of earlier runs that were never answered (queued when the run ended: exit() after a call
+      // not awaited, a timeout) can never settle now: without this, each left ~750 bytes behind and a
+      // warm context reached its memory limit after some tens of thousands of such runs
+      for (const id in waiting) delete waiting[id];
+      run = { id: run.id + 1, done: false, result: null, logs: [], logsDropped: 0, calls: [], callsMade: 0, outbound: [],
         returnedUndefined: false, notFound: null };
       const runId = run.id;
       nowMs = now;

@@ -506,6 +506,21 @@ async def test_datastore_delete(run):
     assert ok(await run(DATASTORE_OPS, {"op": "get", "key": "k"}, name=name)) == "absent"
 
 
+async def test_a_run_past_its_host_call_limit_fails(run):
+    # each host call costs the worker's event loop: the 1,001st of a run ends it; the next run starts over
+    src = """async function main(d) {
+      const calls = [];
+      for (let i = 0; i < d.n; i++) calls.push(datastore.get('k' + i));
+      await Promise.all(calls);
+      return d.n;
+    }"""
+    assert ok(await run(src, {"n": 1000}, name="ds-flood")) == 1000
+    out = await run(src, {"n": 1001}, name="ds-flood", call_id="over")
+    assert (out.status, str(out.reason), out.code) == ("error", "runtime", 500), out.to_json()
+    assert out.message == "the run made more than 1000 host calls, the limit of one run"
+    assert ok(await run(src, {"n": 1000}, name="ds-flood", call_id="again")) == 1000
+
+
 async def test_datastore_not_visible_to_other_script(run):
     assert (
         ok(await run(DATASTORE_OPS, {"op": "set", "key": "secret", "value": "a"}, name="ds-owner")) == "set"
