@@ -752,7 +752,10 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
             "grace_s": opts.grace,
             "echo_consumer": ECHO_CONSUMER,
             "echo_producer": ECHO_PRODUCER,
-            "client": "InvocationClient (linger.ms 1, acks all, idempotent; reply fetch.wait.max.ms 10)",
+            "client": (
+                "InvocationClient (SplitProducer: linger.ms 0, 1 under load; acks all, idempotent; "
+                "reply fetch.wait.max.ms 10)"
+            ),
             "worker_startup_s": sf.extra.get("startup_s"),
             "profile_worker": opts.profile_worker,
             "rounds": opts.rounds,
