@@ -690,6 +690,12 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 2) if b and b == b and a == a else None
 
 
+def _quietest(target: Target) -> float | None:
+    """The lowest p99 among a system's fixed-rate rounds (None without rounds)."""
+    rounds = target.extra.get("round_p99_ms") or []
+    return min(rounds) if rounds else None
+
+
 def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, prefix: str) -> dict[str, Any]:
     assert echo.fixed is not None and sf.fixed is not None
     e, s = summarize(echo.fixed), summarize(sf.fixed)
@@ -700,6 +706,12 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
     lost = sum(p.missing for p in all_phases) + drain.get("missing", 0)
     duplicates = sum(p.duplicates for p in all_phases) + drain.get("duplicates", 0)
     p99_ratio = _ratio(s["p99_ms"], e["p99_ms"])
+    # Each side's quietest round: the broker's young-GC pauses (GC log: 100-260 ms, its GC threads
+    # waiting for a core) stall whichever system is running, and a run whose stalls landed on the echo
+    # showed a pooled p99 ratio under 1 while ScriptForge's undisturbed tail was 10x the echo's. The
+    # target is judged on the quiet rounds; the pooled figures stay for what a caller would see.
+    e_quiet, s_quiet = _quietest(echo), _quietest(sf)
+    quiet_p99_ratio = _ratio(s_quiet, e_quiet) if e_quiet and s_quiet else None
     return {
         "benchmark": "pipeline",
         "rate": opts.rate,
@@ -712,6 +724,9 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
         "sf_max_ms": s["max_ms"],
         "p50_ratio": _ratio(s["p50_ms"], e["p50_ms"]),
         "p99_ratio": p99_ratio,
+        "echo_quiet_p99_ms": e_quiet,
+        "sf_quiet_p99_ms": s_quiet,
+        "quiet_p99_ratio": quiet_p99_ratio,
         "echo_max_rate": echo.max_rate,
         "sf_max_rate": sf.max_rate,
         # the ramp's last step was sustainable: the real maximum is higher than measured
@@ -735,7 +750,7 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
         "echo_round_p99_ms": echo.extra.get("round_p99_ms"),
         "sf_round_p99_ms": sf.extra.get("round_p99_ms"),
         "targets": {
-            "p99_within_2x_echo": p99_ratio is not None and p99_ratio <= 2.0,
+            "p99_within_2x_echo": quiet_p99_ratio is not None and quiet_p99_ratio <= 2.0,
             "none_lost": lost == 0,
             "sf_max_rate_at_least_5000": sf.max_rate >= 5000,
         },
@@ -780,8 +795,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  ScriptForge       p50 {r['sf_p50_ms']:7.2f} ms  p99 {r['sf_p99_ms']:7.2f} ms"
         f"  max {r['sf_max_ms']:7.2f} ms",
         f"  p99 by round      echo {r['echo_round_p99_ms']}, ScriptForge {r['sf_round_p99_ms']}",
-        f"  ratio             p50 {r['p50_ratio']}x  p99 {r['p99_ratio']}x   "
-        f"(target p99 <= 2x: {mark(t['p99_within_2x_echo'])})",
+        f"  ratio             p50 {r['p50_ratio']}x  p99 {r['p99_ratio']}x  quietest rounds' p99"
+        f" {r['sf_quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {r['quiet_p99_ratio']}x"
+        f"   (target p99 <= 2x, quietest rounds: {mark(t['p99_within_2x_echo'])})",
         f"max sustainable rate (p99 <= {r['settings']['p99_limit_ms']:g} ms, all answered): "
         f"echo {r['echo_max_rate']}/s (peak {r['echo_peak_replies_per_s']}/s), "
         f"ScriptForge {r['sf_max_rate']}/s (peak {r['sf_peak_replies_per_s']}/s)"
