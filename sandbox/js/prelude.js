@@ -3,7 +3,7 @@
 // Evaluated once per warm context, before the customer's code. It keeps its own references to the
 // built-ins it relies on, so a script that tampers with globals (JSON, Promise, prototypes) can break
 // only its own results, never the protocol with the host. The host (sandbox/runner.py) drives a run
-// through the functions on `__sf`: start, hostCalls, settle, finish, and decides when a run is over.
+// through the functions on `__sf`: start, takeCalls, settle, finish, and decides when a run is over.
 (function (global, scriptType, envJson, logLimits) {
   'use strict';
   const JSONparse = JSON.parse;

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sbxutil import NOW_MS
 
-from sandbox import Invocation, Outcome, Script, ScriptType
+from sandbox import Invocation, Outcome, SandboxPool, Script, ScriptType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -156,3 +156,29 @@ async def test_results_of_a_run_that_ended_never_reach_the_next_run_of_the_batch
     assert seen[0][1].reason == "timeout", seen[0][1].to_json()
     assert seen[1][1].ok, seen[1][1].to_json()
     assert seen[1][1].response == {"key": "fast", "v": "value-of-fast"}
+
+
+async def test_a_busy_script_does_not_keep_a_process_from_a_waiting_one() -> None:
+    # one process, one script always with work queued: another script's run must get the process at
+    # the next release (before: it waited out its whole time limit while the first ran ~15,000 times)
+    busy = Script(name="busy", source="function main(d) { return d.i; }")
+    other = Script(name="other", source="function main() { return 'mine'; }")
+    async with SandboxPool(processes=1) as pool:
+        for script in (busy, other):
+            await pool.run(script, Invocation(vars={"i": 0}))
+        runs, stop = 0, False
+
+        async def keep_busy() -> None:
+            nonlocal runs
+            while not stop:
+                await pool.run_batch(busy, [Invocation(vars={"i": runs})], lambda _i, _o: None)
+                runs += 1
+
+        lane = asyncio.create_task(keep_busy())
+        await asyncio.sleep(0.05)
+        before = runs
+        out = await asyncio.wait_for(pool.run(other, Invocation(vars={})), 5)
+        stop = True
+        await lane
+    assert (out.status, out.response) == ("ok", "mine"), out.to_json()
+    assert runs - before <= 3
