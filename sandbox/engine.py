@@ -19,6 +19,7 @@ import jsbox
 import quickjs
 
 from sandbox.errors import EngineError
+from sandbox.types import MAX_HOST_CALLS
 
 _PRELUDE = resources.files("sandbox").joinpath("js/prelude.js").read_text()
 
@@ -66,6 +67,7 @@ class ScriptContext:
             _PRELUDE.replace("__SF_TYPE__", json.dumps(script_type))
             .replace("__SF_ENV__", json.dumps(json.dumps(env)))
             .replace("__SF_LOG_LIMITS__", json.dumps({"entries": logs.entries, "chars": logs.chars}))
+            .replace("__SF_MAX_HOST_CALLS__", str(MAX_HOST_CALLS))
         )
         self._ctx.eval(prelude)
         self._start = self._ctx.eval("__sf.start")

@@ -29,7 +29,7 @@ import orjson
 
 from sandbox.errors import PoolClosedError
 from sandbox.host import Host, HostCallError, HostSession
-from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
+from sandbox.types import MAX_HOST_CALLS, Invocation, Outcome, Reason, Script, ScriptType
 
 _REASONS = {r.value: r for r in Reason}
 
@@ -37,8 +37,6 @@ _REASONS = {r.value: r for r in Reason}
 WATCHDOG_LINGER_S = 1.0
 #: most bytes taken from a sandbox process's channel per read
 READ_CHUNK = 1 << 18
-#: host calls one run may make (the prelude's MAX_HOST_CALLS): each costs this process's event loop
-MAX_HOST_CALLS = 1000
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from typing import Any
 #: default limits, from the script API page
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_MEMORY_MB = 100
+#: host calls one run may make; the next one fails the run (each costs the worker's event loop:
+#: unbounded, a loop queueing a million lookups handed the worker a million calls at once)
+MAX_HOST_CALLS = 1000
 
 
 class ScriptType(StrEnum):

@@ -20,9 +20,8 @@
   const ErrorCtor = Error;
   const InternalErrorCtor = typeof InternalError === 'function' ? InternalError : Error;
   const MAX_DEPTH = 1000;
-  // Host calls one run may make; the next one fails the run. Each costs the worker's event loop:
-  // unbounded, a loop queueing a million lookups handed the worker a million calls at once.
-  const MAX_HOST_CALLS = 1000;
+  // Host calls one run may make; the next one fails the run (sandbox/types.py says why).
+  const MAX_HOST_CALLS = __SF_MAX_HOST_CALLS__;
   // Reflect.apply and the methods below are captured now, so a script that replaces
   // Function.prototype.call, Array.prototype.push or String.prototype.slice later cannot reach us.
   const apply = Reflect.apply;
@@ -180,10 +179,8 @@
       // the run fails rather than the call (a rejection can be swallowed, and a routing script past its
       // budget of lookups must not pass for one that routed); the throw ends a synchronous loop of calls
       const message = 'the run made more than ' + MAX_HOST_CALLS + ' host calls, the limit of one run';
-      if (!run.done) {
-        run.done = true;
-        run.result = failure('runtime', 500, message);
-      }
+      run.done = true;
+      run.result = failure('runtime', 500, message);
       throw construct(ErrorCtor, [message]);
     }
     run.callsMade++;

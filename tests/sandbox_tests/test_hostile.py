@@ -761,7 +761,7 @@ async def test_a_message_of_more_host_calls_than_a_run_may_make_runs_none(pool):
     # parent refuses them all rather than spend its event loop on them
     import orjson
 
-    from sandbox.pool import MAX_HOST_CALLS
+    from sandbox.types import MAX_HOST_CALLS
 
     calls = [[i, "datastore.get", [f"k{i}"]] for i in range(MAX_HOST_CALLS + 1)]
     results = orjson.loads(await pool._host_calls(None, calls, time.monotonic() + 5))
