@@ -3,6 +3,11 @@
 The limit of a process-isolated run is one round trip over the channel to a child doing no work plus
 the same script run in-process in QuickJS. Both are measured here beside the pool's warm and cold runs,
 so the ratios hold on a shared, noisy machine.
+
+It also measures what a run costs when runs come one at a time about 1 ms apart (one script's share
+of a worker at 1,000 requests/s) against the same runs back to back: the CPU both sides of the channel
+spend per run. The difference is the price of every process waking from idle, which the run itself
+does not see.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pipeline.cpu import children_cpu_s
 from sandbox.pool import SandboxPool
 from sandbox.runner import Runner, RunRequest, ScriptSpec
 from sandbox.types import Invocation, Script
@@ -183,6 +189,8 @@ async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
             assert outcome.ok, outcome.message
 
         cold = percentiles(await _timed(min(n, 300), cold_step))
+        back_to_back = await _costed(n, warm_step, gap_s=0.0)
+        paced = await _costed(min(n, 2000), warm_step, gap_s=PACED_GAP_S)
         throughput = await _throughput(pool, vars_json, seconds=3.0)
         beside = await _beside_hostile(pool, vars_json, n=n)
         report["pool_processes"] = pool.stats()["processes"]
@@ -202,9 +210,39 @@ async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
         warm_p50_vs_in_process=round(warm["p50_us"] / inproc["p50_us"], 2),
         cold_p50_ms=round(cold["p50_us"] / 1000, 2),
         throughput_runs_per_s=throughput,
+        back_to_back=back_to_back,
+        paced=paced,
+        paced_cpu_vs_back_to_back=round(paced["cpu_us"] / back_to_back["cpu_us"], 2),
+        paced_cpu_vs_in_process=round(paced["cpu_us"] / inproc["mean_us"], 2),
         **beside,
     )
     return report
+
+
+#: the gap between paced runs: one run at a time, as one script's requests at 1,000/s arrive
+PACED_GAP_S = 0.001
+
+
+async def _costed(n: int, step: Callable[[int], Awaitable[Any]], gap_s: float) -> dict[str, float]:
+    """Latency of ``n`` runs ``gap_s`` apart, and the CPU microseconds per run spent by this process
+    (the pool's side) and by its children (the sandbox processes)."""
+    me = os.getpid()
+    parent0, children0 = time.process_time(), children_cpu_s(me)
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        await step(i)
+        samples.append(time.perf_counter() - t)
+        if gap_s:
+            await asyncio.sleep(gap_s)
+    parent_us = (time.process_time() - parent0) / n * 1e6
+    sandbox_us = (children_cpu_s(me) - children0) / n * 1e6
+    return {
+        **percentiles(samples),
+        "parent_cpu_us": round(parent_us, 1),
+        "sandbox_cpu_us": round(sandbox_us, 1),
+        "cpu_us": round(parent_us + sandbox_us, 1),
+    }
 
 
 async def _throughput(pool: SandboxPool, vars_json: bytes, seconds: float) -> float:
@@ -256,6 +294,13 @@ async def _beside_hostile(pool: SandboxPool, vars_json: bytes, n: int) -> dict[s
     }
 
 
+def _costed_line(label: str, d: dict[str, float]) -> str:
+    return (
+        f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us  CPU per run: pool "
+        f"{d['parent_cpu_us']} us, sandbox {d['sandbox_cpu_us']} us"
+    )
+
+
 def format_report(r: dict[str, Any]) -> str:
     def series(label: str, d: dict[str, float]) -> str:
         return f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us"
@@ -269,6 +314,10 @@ def format_report(r: dict[str, Any]) -> str:
             + f"  ({r['warm_p50_vs_limit']}x the limit of {r['limit_p50_us']} us at p50,"
             f" {r['warm_p99_vs_limit']}x at p99; {r['warm_p50_vs_bare_plus_direct']}x bare + direct at p50)",
             series("pool cold run", r["cold"]),
+            _costed_line("back to back", r["back_to_back"]),
+            _costed_line(f"{PACED_GAP_S * 1000:g} ms apart", r["paced"])
+            + f"  (CPU {r['paced_cpu_vs_back_to_back']}x back to back,"
+            f" {r['paced_cpu_vs_in_process']}x the in-process run)",
             f"pool throughput       {r['throughput_runs_per_s']} runs/s on {r['cores']} cores "
             f"({r['pool_processes']} sandbox processes)",
             f"neighbour p99 alone {r['neighbour_alone']['p99_us']} us, beside an endless loop "
