@@ -196,7 +196,7 @@ class IsolatedEvent:
 
 
 class Runner(Protocol):
-    """What recovery needs of the invocation handler (pipeline.worker.InvocationHandler)."""
+    """What recovery needs of the invocation handler (pipeline.handler.InvocationHandler)."""
 
     async def handle(self, msg: Any) -> asyncio.Future[None] | None: ...
 

@@ -9,14 +9,14 @@ from typing import Any
 
 from pipeline.codec import codec
 from pipeline.errors import BrokerError
+from pipeline.handler import REPLY_TRIES, InvocationHandler
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition
 from pipeline.settings import Settings
-from pipeline.worker import REPLY_TRIES, InvocationHandler
 from sandbox.types import Outcome, Reason, ScriptType
 
 
 class FakeOutput:
-    """pipeline.worker.Output's interface: every message delivered at once."""
+    """pipeline.output.Output's interface: every message delivered at once."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
