@@ -330,7 +330,11 @@ class InvocationHandler:
         version: int | None,
         received: int,
         started: int,
+        *,
+        counted: bool = True,
     ) -> asyncio.Future[None]:
+        """Produces the reply; ``counted`` replies count in the runs metric once delivered (a rejected
+        request's reply does not: it was dead-lettered and counted there)."""
         reply = InvocationReply.for_request(
             request,
             outcome,
@@ -340,7 +344,7 @@ class InvocationHandler:
             finished_ms=now_ms(),
             version=version,
         )
-        return _Reply(self, msg, request, outcome, _REPLIES.encode(reply)).send()
+        return _Reply(self, msg, request, outcome if counted else None, _REPLIES.encode(reply)).send()
 
     async def resend(self, reply: _Reply, error: BaseException) -> None:
         """A reply's delivery failed: try again, then dead-letter the request when it never goes out."""
@@ -390,15 +394,7 @@ class InvocationHandler:
         script = (msg.key or b"").decode(errors="replace")
         outcome = Outcome.failure(Reason.RUNTIME, 400, f"request rejected ({reason}): {detail}")
         stub = _stub_request(call_id, script, reply_topic)
-        filled = InvocationReply.for_request(
-            stub,
-            outcome,
-            worker=self.worker_id,
-            received_ms=received,
-            started_ms=received,
-            finished_ms=now_ms(),
-        )
-        return _Reply(self, msg, stub, None, _REPLIES.encode(filled)).send()
+        return self._reply(msg, stub, outcome, None, received, received, counted=False)
 
     async def _dead_letter(
         self, msg: Any, reason: str, detail: str, attempts: int, call_id: str | None
