@@ -76,12 +76,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _timed(n: int, step: Callable[[int], Awaitable[Any]]) -> list[float]:
+async def _timed(n: int, step: Callable[[int], Awaitable[Any]], gap_s: float = 0.0) -> list[float]:
+    """How long each of ``n`` steps took; with ``gap_s``, the steps come that far apart (not timed)."""
     samples = []
     for i in range(n):
         t = time.perf_counter()
         await step(i)
         samples.append(time.perf_counter() - t)
+        if gap_s:
+            await asyncio.sleep(gap_s)
     return samples
 
 
@@ -228,13 +231,7 @@ async def _costed(n: int, step: Callable[[int], Awaitable[Any]], gap_s: float) -
     (the pool's side) and by its children (the sandbox processes)."""
     me = os.getpid()
     parent0, children0 = time.process_time(), children_cpu_s(me)
-    samples = []
-    for i in range(n):
-        t = time.perf_counter()
-        await step(i)
-        samples.append(time.perf_counter() - t)
-        if gap_s:
-            await asyncio.sleep(gap_s)
+    samples = await _timed(n, step, gap_s)
     parent_us = (time.process_time() - parent0) / n * 1e6
     sandbox_us = (children_cpu_s(me) - children0) / n * 1e6
     return {
@@ -294,26 +291,25 @@ async def _beside_hostile(pool: SandboxPool, vars_json: bytes, n: int) -> dict[s
     }
 
 
+def _series(label: str, d: dict[str, float]) -> str:
+    return f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us"
+
+
 def _costed_line(label: str, d: dict[str, float]) -> str:
-    return (
-        f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us  CPU per run: pool "
-        f"{d['parent_cpu_us']} us, sandbox {d['sandbox_cpu_us']} us"
-    )
+    cpu = f"  CPU per run: pool {d['parent_cpu_us']} us, sandbox {d['sandbox_cpu_us']} us"
+    return _series(label, d) + cpu
 
 
 def format_report(r: dict[str, Any]) -> str:
-    def series(label: str, d: dict[str, float]) -> str:
-        return f"{label:<22}p50 {d['p50_us']:8.1f} us  p99 {d['p99_us']:8.1f} us"
-
     return "\n".join(
         [
-            series("bare round trip", r["bare_round_trip"]),
-            series("direct QuickJS call", r["direct_call"]),
-            series("in-process run", r["in_process"]),
-            series("pool warm run", r["warm"])
+            _series("bare round trip", r["bare_round_trip"]),
+            _series("direct QuickJS call", r["direct_call"]),
+            _series("in-process run", r["in_process"]),
+            _series("pool warm run", r["warm"])
             + f"  ({r['warm_p50_vs_limit']}x the limit of {r['limit_p50_us']} us at p50,"
             f" {r['warm_p99_vs_limit']}x at p99; {r['warm_p50_vs_bare_plus_direct']}x bare + direct at p50)",
-            series("pool cold run", r["cold"]),
+            _series("pool cold run", r["cold"]),
             _costed_line("back to back", r["back_to_back"]),
             _costed_line(f"{PACED_GAP_S * 1000:g} ms apart", r["paced"])
             + f"  (CPU {r['paced_cpu_vs_back_to_back']}x back to back,"
