@@ -298,8 +298,8 @@ class InvocationHandler:
             job = batch[index]
             job.attempts += 1
             metrics.RUN_SECONDS.observe(outcome.duration_ms / 1000)
-            if outcome.reason == Reason.CRASH:
-                crashed.append(outcome)
+            if outcome.reason == Reason.CRASH and outcome.process_died:
+                crashed.append(outcome)  # retried in place: a new process may run it
                 return
             tails[job.index] = self._reply(
                 job.msg, job.request, outcome, definition.version, job.received, started

@@ -33,6 +33,7 @@ from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.records import ScriptDefinition, ScriptState, script_key, source_sha256
 from pipeline.settings import Settings
 from pipeline.topics import Topics, create_topics
+from sandbox.limits import LimitError, check_script_limits
 from sandbox.syntax import check_syntax
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
 
@@ -153,6 +154,10 @@ class ScriptRegistry:
     ) -> ScriptDefinition:
         """Check, number and publish a new version and make it the active one."""
         _check_name(account, name)
+        try:
+            check_script_limits(timeout_ms, memory_mb)
+        except LimitError as exc:
+            raise UsageError(f"{name}: not deployed: {exc}") from None
         problem = check_syntax(source)
         if problem is not None:
             raise UsageError(f"{name}: not deployed: {problem}")

@@ -1,7 +1,7 @@
 """Runs one invocation of a customer's script under limits, in supervised sandbox processes.
 
 Knows nothing of Kafka. Public surface: ``SandboxPool``, the value types, ``LocalHost`` for local
-runs, and ``check_syntax`` for deploy-time checks.
+runs, and ``check_syntax`` for deploy-time checks. docs/sandbox.md holds the threat model.
 """
 
 from typing import Any

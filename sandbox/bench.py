@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.cpu import children_cpu_s
 from sandbox.pool import SandboxPool
-from sandbox.runner import Runner, RunRequest, ScriptSpec
+from sandbox.runner import RunRequest, ScriptRunner, ScriptSpec
 from sandbox.types import Invocation, Script
 
 ROUTING_SCRIPT = """
@@ -126,7 +126,7 @@ def in_process(n: int) -> list[float]:
     def no_host(calls: str, deadline: float) -> str:
         raise RuntimeError("no host calls in the benchmark script")
 
-    runner = Runner(no_host)
+    runner = ScriptRunner(no_host)
     runner.learn("bench", ScriptSpec(source=ROUTING_SCRIPT, type="app", env={}, memory_mb=100))
     vars_json = json.dumps(ROUTING_VARS)
     samples = []

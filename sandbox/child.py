@@ -1,4 +1,10 @@
-"""The main loop of a sandbox process, and how it locks itself down before running any script.
+"""A sandbox process: how it locks itself down before it runs any script, and its main loop.
+
+Sandbox processes are forked by the template process (sandbox/template.py), which has loaded
+everything they need; each then calls ``serve``, which locks it down and serves its channel until
+the parent closes it or kills it. One process serves one account for its whole life
+(docs/sandbox.md, threat model): the first batch names the account, and a batch of another account
+ends the process.
 
 Wire format on the channel (one message per ``send_bytes``; the first byte says what it is):
 parent -> child: ``B`` a batch of runs of one script (JSON header, newline, the runs' vars JSON
@@ -13,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import resource
-import select
+import signal
 import socket
 import time
 from multiprocessing.connection import Connection
@@ -24,94 +31,102 @@ from typing import Any
 import orjson
 import pyseccomp
 
-import sandbox.engine  # noqa: F401  (loads QuickJS and the prelude before the filter closes the door)
-from sandbox.runner import RunDeadline, Runner, RunRequest, RunResult, ScriptSpec
+from sandbox.runner import RunDeadline, RunRequest, RunResult, ScriptRunner, ScriptSpec
 
-#: system calls a sandbox process may never make: files, sockets, new processes, privileges
-DENIED_SYSCALLS = (
-    "open",
-    "openat",
-    "openat2",
-    "creat",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "socket",
-    "socketpair",
-    "connect",
-    "bind",
-    "listen",
-    "accept",
-    "accept4",
-    "execve",
-    "execveat",
-    "fork",
-    "vfork",
-    "clone",
-    "clone3",
-    "ptrace",
-    "kill",
-    "process_vm_readv",
-    "process_vm_writev",
-    "mount",
-    "umount2",
-    "chroot",
-    "pivot_root",
-    "unshare",
-    "setns",
-    "mknod",
-    "mknodat",
-    "link",
-    "linkat",
-    "symlink",
-    "symlinkat",
-    "unlink",
-    "unlinkat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "mkdir",
-    "mkdirat",
-    "rmdir",
-    "chmod",
-    "fchmod",
-    "fchmodat",
-    "chown",
-    "fchown",
-    "lchown",
-    "fchownat",
-    "truncate",
-    "memfd_create",
-    "userfaultfd",
-    "bpf",
-    "perf_event_open",
-    "io_uring_setup",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "setuid",
-    "setgid",
-    "setreuid",
-    "setregid",
-    "setresuid",
-    "setresgid",
-    "personality",
-    "inotify_init1",
+#: The only system calls a sandbox process may make once it is locked down; every other one fails
+#: with EPERM. What a Python interpreter running QuickJS needs to compute and to talk on the one
+#: descriptor it keeps: no files, sockets, processes, signals to others, or other processes' memory.
+#: An allow-list and not a deny-list: a denied list misses what the kernel adds (it had missed
+#: pidfd_open and pidfd_getfd, which reach another process's descriptors), and other ABIs' numbers.
+ALLOWED_SYSCALLS = (
+    "read",
+    "readv",
+    "write",
+    "writev",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "close",
+    "brk",
+    "munmap",
+    "mremap",
+    "madvise",
+    "futex",
+    "sched_yield",
+    "clock_gettime",
+    "clock_getres",
+    "gettimeofday",
+    "time",
+    "nanosleep",
+    "clock_nanosleep",
+    "getpid",
+    "gettid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getrandom",
+    "getrusage",
+    "times",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sigaltstack",
+    "restart_syscall",
+    "exit",
+    "exit_group",
+    "fstat",
+    "getrlimit",
 )
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syscall.restype = ctypes.c_long
+_PR_SET_DUMPABLE = 4
+_AT_EMPTY_PATH = 0x1000
 
 
-def main(conn: Connection, config: dict[str, Any]) -> None:
-    """Entry point of a sandbox process (started by the pool through multiprocessing's forkserver)."""
-    fd = conn.fileno()
-    _close_inherited(fd)
-    _limit_resources(int(config.get("address_space_mb", 2048)))
-    if config.get("seccomp", True):
-        _install_seccomp()
+def build_filter() -> pyseccomp.SyscallFilter:
+    """The seccomp filter of a sandbox process (built once by the template, loaded by each child)."""
+    flt = pyseccomp.SyscallFilter(defaction=pyseccomp.ERRNO(errno.EPERM))
+    for name in ALLOWED_SYSCALLS:
+        with contextlib.suppress(Exception):  # not a system call on this architecture
+            flt.add_rule(pyseccomp.ALLOW, name)
+    # memory, but never executable memory: there is no JIT, so new code can only be an exploit's
+    no_exec = pyseccomp.Arg(2, pyseccomp.MASKED_EQ, mmap.PROT_EXEC, 0)
+    flt.add_rule(pyseccomp.ALLOW, "mmap", no_exec)
+    flt.add_rule(pyseccomp.ALLOW, "mprotect", no_exec)
+    # fstat of a descriptor (glibc's fstat is newfstatat with an empty path), not stat of a path
+    flt.add_rule(
+        pyseccomp.ALLOW, "newfstatat", pyseccomp.Arg(3, pyseccomp.MASKED_EQ, _AT_EMPTY_PATH, _AT_EMPTY_PATH)
+    )
+    # reading its own limits, never setting them
+    flt.add_rule(
+        pyseccomp.ALLOW, "prlimit64", pyseccomp.Arg(0, pyseccomp.EQ, 0), pyseccomp.Arg(2, pyseccomp.EQ, 0)
+    )
+    return flt
+
+
+def serve(conn: Connection, config: dict[str, Any], flt: pyseccomp.SyscallFilter | None) -> None:
+    """Entry point of a sandbox process, just forked: lock down, say ready, serve until EOF."""
+    lock_down(conn.fileno(), int(config.get("address_space_mb", 2048)), flt)
     conn.send_bytes(b"R" + orjson.dumps({"pid": os.getpid()}))
     with contextlib.suppress(EOFError, OSError):
-        _serve(conn)
+        _serve(conn, int(config.get("memory_budget_mb", 1792)))
     os._exit(0)
+
+
+def lock_down(keep_fd: int, headroom_mb: int, flt: pyseccomp.SyscallFilter | None) -> None:
+    """Before any script: nothing inherited but the channel, bounded size, no core dumps, not
+    traceable, and (with a filter) the allow-list of system calls."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    _close_inherited(keep_fd)
+    _limit_resources(headroom_mb)
+    _LIBC.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if flt is not None:
+        flt.load()
 
 
 def _close_inherited(keep: int) -> None:
@@ -130,7 +145,7 @@ def _open_fds() -> list[int]:
     try:
         return [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
-        return list(range(3, 256))
+        return list(range(3, 1024))
 
 
 def _limit_resources(headroom_mb: int) -> None:
@@ -142,16 +157,6 @@ def _limit_resources(headroom_mb: int) -> None:
     limit = size_kb * 1024 + headroom_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _install_seccomp() -> None:
-    flt = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
-    for name in DENIED_SYSCALLS:
-        try:
-            flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
-        except Exception:  # not a system call on this architecture
-            continue
-    flt.load()
 
 
 class _Channel:
@@ -179,21 +184,29 @@ class _Channel:
                 return results.decode()
 
 
-def _serve(conn: Connection) -> None:
+class _WrongAccount(EOFError):
+    """The parent sent a batch of another account than the one this process serves: a parent bug
+    the process answers by ending (its next run then fails as a crash, visibly)."""
+
+
+def _serve(conn: Connection, memory_budget_mb: int) -> None:
     channel = _Channel(conn)
-    runner = Runner(channel.host)
+    runner = ScriptRunner(channel.host, memory_budget_mb=memory_budget_mb)
+    account: str | None = None
     while True:
         data = conn.recv_bytes()
         kind = data[:1]
         if kind == b"B":
-            _run_batch(conn, channel, runner, data)
+            account = _run_batch(conn, channel, runner, data, account)
         elif kind == b"P":
             conn.send_bytes(b"P" + orjson.dumps(probe(conn.fileno())))
         elif kind == b"Q":
             return
 
 
-def _run_batch(conn: Connection, channel: _Channel, runner: Runner, data: bytes) -> None:
+def _run_batch(
+    conn: Connection, channel: _Channel, runner: ScriptRunner, data: bytes, account: str | None
+) -> str:
     """Runs a batch of one script's invocations in order, reporting each as it ends (``D``).
 
     One message per batch, not per run: under load a process runs many calls per wake-up instead of
@@ -201,6 +214,8 @@ def _run_batch(conn: Connection, channel: _Channel, runner: Runner, data: bytes)
     starts: the smaller of the script's limit and what is left of its caller's deadline."""
     head, _, blob = data[1:].partition(b"\n")
     batch = orjson.loads(head)
+    if account is not None and batch["account"] != account:
+        raise _WrongAccount(f"process of account {account!r} sent a batch of {batch['account']!r}")
     key = batch["key"]
     if "spec" in batch:
         runner.learn(key, ScriptSpec(**batch["spec"]))
@@ -208,37 +223,48 @@ def _run_batch(conn: Connection, channel: _Channel, runner: Runner, data: bytes)
         conn.send_bytes(b"N" + orjson.dumps({"key": key}))
         reply = conn.recv_bytes()
         runner.learn(key, ScriptSpec(**orjson.loads(reply[1:])))
-    max_chars = batch.get("max_response_chars", 1_000_000)
     start = 0
     for meta in batch["runs"]:
         end = start + meta["vars_len"]
-        vars_json, start = blob[start:end], end
+        raw, start = blob[start:end], end
         channel.run_id = meta["run_id"]
         budget_ms = float(meta["limit_ms"])
         deadline_ms = meta.get("deadline_ms")
         if deadline_ms is not None:
             left = deadline_ms - time.time() * 1000.0
             if left <= 0:
-                conn.send_bytes(_expired(meta["run_id"], -left))
+                conn.send_bytes(
+                    _refused(meta["run_id"], "expired", 408, f"deadline passed {-left:.0f} ms before the run")
+                )
                 continue
             budget_ms = min(budget_ms, left)
+        try:
+            vars_json = raw.decode()
+        except UnicodeDecodeError as exc:
+            conn.send_bytes(
+                _refused(
+                    meta["run_id"],
+                    "runtime",
+                    400,
+                    f"invalid input: the variables are not UTF-8 ({exc.reason} at byte {exc.start})",
+                )
+            )
+            continue
         req = RunRequest(
             run_id=meta["run_id"],
             key=key,
-            vars_json=vars_json.decode(),
+            vars_json=vars_json,
             call_id=meta["call_id"],
             now_ms=meta["now_ms"],
             budget_ms=budget_ms,
             function=meta.get("function"),
-            max_response_chars=max_chars,
         )
-        result = runner.run(req)
-        conn.send_bytes(_done(req.run_id, result))
-        runner.after_run()
+        conn.send_bytes(_done(req.run_id, runner.run(req)))
+    return str(batch["account"])
 
 
-def _expired(run_id: int, late_ms: float) -> bytes:
-    error = {"reason": "expired", "code": 408, "message": f"deadline passed {late_ms:.0f} ms before the run"}
+def _refused(run_id: int, reason: str, code: int, message: str) -> bytes:
+    error = {"reason": reason, "code": code, "message": message}
     return b"D" + orjson.dumps({"run_id": run_id, "ms": 0.0, "error": error}) + b"\n"
 
 
@@ -246,41 +272,54 @@ def _done(run_id: int, result: RunResult) -> bytes:
     meta: dict[str, Any] = {"run_id": run_id, "ms": result.duration_ms}
     if result.error is not None:
         meta["error"] = result.error
-        meta.update(result.extra)
-    return b"D" + orjson.dumps(meta) + b"\n" + result.result_json.encode()
+    # the prelude's text escapes every lone surrogate, so it encodes; "replace" only guards the rule
+    return b"D" + orjson.dumps(meta) + b"\n" + result.result_json.encode("utf-8", "replace")
 
 
 def probe(channel_fd: int) -> dict[str, Any]:
     """What this process is able to do, tried for real (a test asks for it)."""
     report: dict[str, Any] = {}
-    try:
-        os.close(os.open("/etc/hostname", os.O_RDONLY))
-        report["open"] = "ok"
-    except OSError as exc:
-        report["open"] = errno.errorcode.get(exc.errno or 0, str(exc))
-    fd = _LIBC.syscall(257, -100, b"/etc/passwd", 0)  # openat(AT_FDCWD, ...) straight from C
-    report["native_open"] = "ok" if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
-        report["socket"] = "ok"
-    except OSError as exc:
-        report["socket"] = errno.errorcode.get(exc.errno or 0, str(exc))
-    sock = _LIBC.syscall(41, 2, 1, 0)  # socket(AF_INET, SOCK_STREAM, 0) from C
-    report["native_socket"] = "ok" if sock >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
-    try:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-        report["fork"] = "ok"
-    except OSError as exc:
-        report["fork"] = errno.errorcode.get(exc.errno or 0, str(exc))
+    report["open"] = _tried(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))
+    report["native_open"] = _native(257, -100, b"/etc/passwd", 0)  # openat(AT_FDCWD, ...) from C
+    report["socket"] = _tried(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
+    report["native_socket"] = _native(41, 2, 1, 0)  # socket(AF_INET, SOCK_STREAM, 0) from C
+    report["fork"] = _tried(_fork_and_reap)
+    report["pidfd_open_parent"] = _native(434, os.getppid(), 0)  # a door to the parent's descriptors
+    report["ptrace_parent"] = _native(101, 0x4206, os.getppid(), 0, 0)  # PTRACE_SEIZE: does not stop it
+    report["kill_parent"] = _native(62, os.getppid(), 0)  # kill(ppid, 0): may it signal the parent
+    report["exec_memory"] = _native(9, 0, 4096, 7, 0x22, -1, 0)  # mmap RWX anonymous
     fds = [fd for fd in _open_fds_quiet() if fd > 2 and fd != channel_fd]
     report["extra_fds"] = fds
     report["rlimit_as"] = resource.getrlimit(resource.RLIMIT_AS)[0]
-    ready, _, _ = select.select([], [], [], 0)
-    del ready
     return report
+
+
+def _tried(action: Any) -> str:
+    try:
+        action()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+
+
+def _native(number: int, *args: Any) -> str:
+    """A system call made straight from C, as exploited native code would; "ok" or the errno name.
+    What succeeds is undone (a descriptor closed, a tracer detached) so the probe changes nothing."""
+    result = _LIBC.syscall(number, *args)
+    if result == -1:
+        return errno.errorcode.get(ctypes.get_errno(), "?")
+    if number in (257, 41, 434):
+        os.close(result)
+    elif number == 101:
+        _LIBC.syscall(101, 17, args[1], 0, 0)  # PTRACE_DETACH
+    return "ok"
+
+
+def _fork_and_reap() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def _open_fds_quiet() -> list[int]:
@@ -293,10 +332,3 @@ def _open_fds_quiet() -> list[int]:
         except OSError:
             continue
     return found
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))

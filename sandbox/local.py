@@ -1,5 +1,7 @@
 """Host services for local runs (``scriptforge run``, tests): everything in memory or CSV files.
 
+Every list and datastore belongs to an account: user-space lists are kept per (account, list name) and
+datastores per (account, script name), and a session reaches only those of the script it was made for.
 Effects of a run (datastore and user-space writes) are buffered in its session and applied only when
 the run succeeds, the same rule the Kafka-backed host follows.
 """
@@ -12,11 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sandbox.host import HostCallError
+from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS
 from sandbox.types import Invocation, Outcome, Script
 
 DEFAULT_AREA = "default"
-_MISSING = object()
+_MISSING: Any = object()
+
+#: (account, list name) or (account, script name)
+Scope = tuple[str, str]
 
 
 @dataclass
@@ -39,20 +47,28 @@ class AsrStats:
 
 @dataclass
 class LocalHost:
-    #: user-space lists: area -> key -> value
-    userspace: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: datastores: script id (account/name) -> key -> value
-    datastore: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: expiry (epoch s) of datastore keys written with a TTL: script id -> key -> when
-    expiry: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: look-up data sets for api.lookup.tps/nnpc/hlr/lrn/ping: name -> key -> value
+    #: user-space lists: (account, area) -> key -> value
+    userspace: dict[Scope, dict[str, Any]] = field(default_factory=dict)
+    #: datastores: (account, script name) -> key -> value
+    datastore: dict[Scope, dict[str, Any]] = field(default_factory=dict)
+    #: expiry (epoch s) of datastore keys written with a TTL: (account, script name) -> key -> when
+    expiry: dict[Scope, dict[str, float]] = field(default_factory=dict)
+    #: characters each datastore entry takes (key + JSON value), and their total, for the quota
+    entry_chars: dict[Scope, dict[str, int]] = field(default_factory=dict)
+    total_chars: dict[Scope, int] = field(default_factory=dict)
+    #: shared reference data for api.lookup.tps/nnpc/hlr/lrn/ping (read-only to scripts): name -> key -> value
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: call outcomes per number for api.lookup.asrplus
     asr: dict[str, AsrStats] = field(default_factory=dict)
 
-    def load_csv(self, area: str, path: str | Path) -> int:
-        """Loads a user-space list from CSV (``key`` or ``key,value`` header allowed); returns rows read."""
-        target = self.userspace.setdefault(area, {})
+    def userspace_list(self, account: str, area: str) -> dict[str, Any]:
+        """The account's list ``area`` (created empty), for loading and inspection."""
+        return self.userspace.setdefault((account, area), {})
+
+    def load_csv(self, area: str, path: str | Path, account: str = "") -> int:
+        """Loads a user-space list of ``account`` from CSV (``key`` or ``key,value`` header allowed);
+        returns rows read."""
+        target = self.userspace_list(account, area)
         count = 0
         with open(path, newline="") as f:
             for i, row in enumerate(csv.reader(f)):
@@ -75,145 +91,165 @@ class LocalHost:
 
 
 class LocalSession:
-    def __init__(self, host: LocalHost, script: Script) -> None:
-        self.host = host
-        self.script = script
-        self.scope = f"{script.account}/{script.name}" if script.account else script.name
-        self.writes: dict[str, tuple[Any, float | None]] = {}  # key -> (value or _MISSING, expiry)
-        self.userspace_writes: list[tuple[str, str, Any]] = []
+    """One run's host calls. Its account and script are fixed here; every method reaches only them."""
 
-    async def call(self, method: str, args: list[Any]) -> Any:
-        group, _, name = method.partition(".")
-        handler = getattr(self, f"_{group}_{name}", None)
-        if handler is None:
-            raise HostCallError(501, f"{method} is not offered")
-        return handler(*args)
+    __slots__ = (
+        "_area",
+        "_host",
+        "_key_delta",
+        "_script_scope",
+        "_size_delta",
+        "_userspace_writes",
+        "_writes",
+    )
+
+    def __init__(self, host: LocalHost, script: Script) -> None:
+        self._host = host
+        self._script_scope: Scope = (script.account, script.name)
+        self._area = script.env.get("USERSPACE_AREA", DEFAULT_AREA)
+        #: key -> (value or _MISSING, expiry, characters the entry takes)
+        self._writes: dict[str, tuple[Any, float | None, int]] = {}
+        self._userspace_writes: list[tuple[str, str, Any]] = []
+        # what the buffered writes change in the datastore's size, for the quota
+        self._key_delta = 0
+        self._size_delta = 0
+
+    @property
+    def account(self) -> str:
+        return self._script_scope[0]
 
     async def finish(self, outcome: Outcome) -> None:
         if not outcome.ok:
             return
-        store = self.host.datastore.setdefault(self.scope, {})
-        expiry = self.host.expiry.setdefault(self.scope, {})
-        for key, (value, expires) in self.writes.items():
+        scope = self._script_scope
+        store = self._host.datastore.setdefault(scope, {})
+        expiry = self._host.expiry.setdefault(scope, {})
+        sizes = self._host.entry_chars.setdefault(scope, {})
+        total = self._host.total_chars.get(scope, 0)
+        for key, (value, expires, size) in self._writes.items():
+            total -= sizes.pop(key, 0)
             if value is _MISSING:
                 store.pop(key, None)
                 expiry.pop(key, None)
+                continue
+            store[key] = value
+            sizes[key] = size
+            total += size
+            if expires is None:
+                expiry.pop(key, None)
             else:
-                store[key] = value
-                if expires is None:
-                    expiry.pop(key, None)
-                else:
-                    expiry[key] = expires
-        for area, key, value in self.userspace_writes:
+                expiry[key] = expires
+        self._host.total_chars[scope] = total
+        for area, key, value in self._userspace_writes:
+            target = self._host.userspace_list(self.account, area)
             if value is _MISSING:
-                self.host.userspace.get(area, {}).pop(key, None)
+                target.pop(key, None)
             else:
-                self.host.userspace.setdefault(area, {})[key] = value
+                target[key] = value
 
     # ---- look-ups ---------------------------------------------------------------------------
-    def _lookup_userspaceLookup(self, *args: Any) -> Any:
-        if len(args) >= 2:
-            area, key = str(args[0]), str(args[1])
-        elif len(args) == 1:
-            area, key = self.script.env.get("USERSPACE_AREA", DEFAULT_AREA), str(args[0])
-        else:
-            raise HostCallError(400, "userspaceLookup needs (area, key) or (key)")
-        value = self._userspace_value(area, key)
+    async def userspace_lookup(self, area: str | None, key: str) -> Any:
+        value = self._userspace_value(area or self._area, key)
         if value is _MISSING:
             raise HostCallError(404, "Not Found")
         return value
 
-    def _lookup_asrplus(self, number: Any = None, *_: Any) -> Any:
-        stats = self.host.asr.get(str(number), AsrStats())
-        return {"number": str(number), **stats.view()}
+    async def asrplus(self, number: str) -> dict[str, Any]:
+        stats = self._host.asr.get(number, AsrStats())
+        return {"number": number, **stats.view()}
 
-    def _dataset(self, name: str, key: Any) -> Any:
-        data = self.host.datasets.get(name)
+    async def dataset_lookup(self, dataset: str, key: str) -> Any:
+        data = self._host.datasets.get(dataset)
         if data is None:
-            raise HostCallError(501, f"no {name} data set or provider is configured")
-        if str(key) not in data:
+            raise HostCallError(501, f"no {dataset} data set or provider is configured")
+        if key not in data:
             raise HostCallError(404, "Not Found")
-        return data[str(key)]
-
-    def _lookup_tps(self, key: Any = None, *_: Any) -> Any:
-        return self._dataset("tps", key)
-
-    def _lookup_nnpc(self, key: Any = None, *_: Any) -> Any:
-        return self._dataset("nnpc", key)
-
-    def _lookup_hlr(self, key: Any = None, *_: Any) -> Any:
-        return self._dataset("hlr", key)
-
-    def _lookup_lrn(self, key: Any = None, *_: Any) -> Any:
-        return self._dataset("lrn", key)
-
-    def _lookup_ping(self, key: Any = None, *_: Any) -> Any:
-        return self._dataset("ping", key)
+        return data[key]
 
     # ---- datastore --------------------------------------------------------------------------
     def _current(self, key: str) -> Any:
-        if key in self.writes:
-            return self.writes[key][0]
-        store = self.host.datastore.get(self.scope, {})
+        if key in self._writes:
+            return self._writes[key][0]
+        store = self._host.datastore.get(self._script_scope, {})
         if key not in store:
             return _MISSING
-        expires = self.host.expiry.get(self.scope, {}).get(key)
+        expires = self._host.expiry.get(self._script_scope, {}).get(key)
         if expires is not None and expires <= time.time():
             return _MISSING
         return store[key]
 
-    def _datastore_get(self, key: str, *_: Any) -> Any:
+    def _entry(self, key: str) -> tuple[bool, int]:
+        """Whether ``key`` exists once the buffered writes apply, and the characters it takes."""
+        if key in self._writes:
+            value, _, size = self._writes[key]
+            return value is not _MISSING, size
+        sizes = self._host.entry_chars.get(self._script_scope, {})
+        return key in sizes, sizes.get(key, 0)
+
+    def _write(self, key: str, value: Any, ttl_s: float | None) -> None:
+        """Buffers a write, refused (507) when it would take the datastore past its quota."""
+        existed, old_size = self._entry(key)
+        size = 0 if value is _MISSING else len(key) + len(orjson.dumps(value))
+        keys = len(self._host.entry_chars.get(self._script_scope, {})) + self._key_delta
+        keys += (value is not _MISSING) - existed
+        chars = self._host.total_chars.get(self._script_scope, 0) + self._size_delta + size - old_size
+        if value is not _MISSING and keys > MAX_DATASTORE_KEYS:
+            raise HostCallError(
+                507, f"Insufficient Storage: a script's datastore holds at most {MAX_DATASTORE_KEYS} keys"
+            )
+        if value is not _MISSING and chars > MAX_DATASTORE_CHARS:
+            raise HostCallError(
+                507,
+                f"Insufficient Storage: a script's datastore holds at most {MAX_DATASTORE_CHARS} characters",
+            )
+        self._key_delta += (value is not _MISSING) - existed
+        self._size_delta += size - old_size
+        self._writes[key] = (value, None if ttl_s is None else time.time() + ttl_s, size)
+
+    async def datastore_get(self, key: str) -> Any:
         value = self._current(key)
         return None if value is _MISSING else value
 
-    def _datastore_set(self, key: str, value: Any = None, ttl: Any = None, *_: Any) -> bool:
-        self.writes[key] = (value, _expiry(ttl))
+    async def datastore_set(self, key: str, value: Any, ttl_s: float | None) -> bool:
+        self._write(key, value, ttl_s)
         return True
 
-    def _datastore_incr(self, key: str, by: Any = 1, ttl: Any = None, *_: Any) -> Any:
+    async def datastore_incr(self, key: str, by: float, ttl_s: float | None) -> float:
         current = self._current(key)
         base = 0 if current is _MISSING or current is None else current
         if not isinstance(base, int | float) or isinstance(base, bool):
             raise HostCallError(400, f"datastore value at {key!r} is not a number")
-        if not isinstance(by, int | float) or isinstance(by, bool):
-            raise HostCallError(400, "incr needs a number to add")
         value = base + by
-        self.writes[key] = (value, _expiry(ttl))
+        self._write(key, value, ttl_s)
         return value
 
-    def _datastore_delete(self, key: str, *_: Any) -> bool:
+    async def datastore_delete(self, key: str) -> bool:
         existed = self._current(key) is not _MISSING
-        self.writes[key] = (_MISSING, None)
+        self._write(key, _MISSING, None)
         return existed
 
     # ---- user-space lists (require('cxUserspace')) --------------------------------------------
     def _userspace_value(self, area: str, key: str) -> Any:
-        for w_area, w_key, value in reversed(self.userspace_writes):
+        for w_area, w_key, value in reversed(self._userspace_writes):
             if w_area == area and w_key == key:
                 return value
-        return self.host.userspace.get(area, {}).get(key, _MISSING)
+        return self._host.userspace.get((self.account, area), {}).get(key, _MISSING)
 
-    def _userspace_create(self, area: Any, key: Any, value: Any = None, *_: Any) -> dict[str, Any]:
-        self.userspace_writes.append((str(area), str(key), value))
-        return {"key": str(key), "value": value}
+    async def userspace_create(self, area: str, key: str, value: Any) -> dict[str, Any]:
+        self._userspace_writes.append((area, key, value))
+        return {"key": key, "value": value}
 
-    def _userspace_read(self, area: Any, key: Any, *_: Any) -> Any:
-        value = self._userspace_value(str(area), str(key))
-        return None if value is _MISSING else {"key": str(key), "value": value}
+    async def userspace_read(self, area: str, key: str) -> Any:
+        value = self._userspace_value(area, key)
+        return None if value is _MISSING else {"key": key, "value": value}
 
-    def _userspace_update(self, area: Any, key: Any, value: Any = None, *_: Any) -> dict[str, Any]:
-        if self._userspace_value(str(area), str(key)) is _MISSING:
+    async def userspace_update(self, area: str, key: str, value: Any) -> dict[str, Any]:
+        if self._userspace_value(area, key) is _MISSING:
             raise HostCallError(404, "Not Found")
-        self.userspace_writes.append((str(area), str(key), value))
-        return {"key": str(key), "value": value}
+        self._userspace_writes.append((area, key, value))
+        return {"key": key, "value": value}
 
-    def _userspace_delete(self, area: Any, key: Any, *_: Any) -> bool:
-        existed = self._userspace_value(str(area), str(key)) is not _MISSING
-        self.userspace_writes.append((str(area), str(key), _MISSING))
+    async def userspace_delete(self, area: str, key: str) -> bool:
+        existed = self._userspace_value(area, key) is not _MISSING
+        self._userspace_writes.append((area, key, _MISSING))
         return existed
-
-
-def _expiry(ttl: Any) -> float | None:
-    if ttl is None or isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-        return None
-    return time.time() + float(ttl)

@@ -1,42 +1,49 @@
-"""A supervised pool of sandbox processes, driven from asyncio.
+"""A supervised pool of sandbox processes, driven from asyncio: the boundary between accounts.
 
-Each process runs one invocation at a time and keeps warm contexts for the scripts routed to it; a
-script goes preferably to a process that already has it warm. The parent owns the wall clock: a run
-that overruns its deadline (plus a small grace for the child to report it itself) gets its process
-killed and replaced, and so does a process that dies. Host calls arrive here as messages and are
-answered by the run's ``HostSession``; the deadline covers them too.
+Each process runs one invocation at a time, keeps warm contexts for the scripts routed to it, and
+serves one account for its whole life (sandbox/fairshare.py says which account gets which process and
+how many at once). Processes are forked from a template process (sandbox/template.py), so replacing
+one costs milliseconds. The parent owns the wall clock: a run that overruns its deadline (plus a small
+grace for the child to report it itself) gets its process killed and replaced, and so does a process
+that dies or breaks the protocol (sandbox/protocol.py). A script whose runs keep getting killed is
+backed off (sandbox/backoff.py). Host calls arrive here as messages, are checked against the table in
+sandbox/hostcalls.py, and answered by the run's ``HostSession``; the deadline covers them too.
+
+``run`` and ``run_batch`` never raise for anything a script or its process does: every run ends in an
+Outcome. They raise only ``PoolClosedError`` (the pool was closed) and cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
+import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
+from sandbox import hostcalls
+from sandbox.backoff import KillBackoff
 from sandbox.errors import PoolClosedError
+from sandbox.fairshare import FairShare
 from sandbox.host import Host, HostCallError, HostSession
-from sandbox.types import MAX_HOST_CALLS, Invocation, Outcome, Reason, Script, ScriptType
+from sandbox.limits import LimitError, check_script_limits
+from sandbox.process import SandboxProcess
+from sandbox.protocol import ProtocolViolation, decode_calls, decode_done
+from sandbox.template import Template
+from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
 
-_REASONS = {r.value: r for r in Reason}
+log = logging.getLogger(__name__)
 
 #: how long the watchdog keeps ticking after the last run
 WATCHDOG_LINGER_S = 1.0
-#: most bytes taken from a sandbox process's channel per read
-READ_CHUNK = 1 << 18
+#: the account the isolation probe runs as (it runs no script)
+_PROBE = "\x00probe"
 
 
 @dataclass(frozen=True)
@@ -44,220 +51,50 @@ class PoolConfig:
     processes: int = 0  # 0: cores + 2, so two hostile scripts cannot take every process
     #: the child reports its own timeouts; the parent kills it this long after the deadline
     grace_ms: float = 50.0
-    max_response_chars: int = 1_000_000
+    #: address space a sandbox process may add to what it has at start (RLIMIT_AS); its warm
+    #: contexts' memory limits add up to at most this less ``reserved_mb``
     address_space_mb: int = 2048
+    reserved_mb: int = 256
     seccomp: bool = True
     spawn_timeout_s: float = 20.0
     #: a run that has used this much CPU gets its process moved to SCHED_IDLE until it ends
     demote_after_ms: float = 5.0
     #: how often the watchdog looks at running runs (deadlines are enforced within this)
     watchdog_tick_ms: float = 5.0
+    #: an account keeps its share this long after its last run (sandbox/fairshare.py)
+    account_linger_s: float = 2.0
+    #: kills in a row before a script is backed off, the first wait, the longest (sandbox/backoff.py)
+    backoff_after_kills: int = 3
+    backoff_first_s: float = 1.0
+    backoff_max_s: float = 60.0
 
 
-class _Process:
-    """The parent's handle on one sandbox process."""
-
-    def __init__(self, pool: SandboxPool, index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.proc: Any = None
-        self.conn: Any = None
-        self.pid = 0
-        self.alive = False
-        self.busy = False
-        self.demoted = False
-        self.run_started = 0.0  # monotonic start of the current run, 0 when none
-        self.run_cpu_start = -1  # the process's CPU ns when the watchdog first saw the run
-        self.hard_deadline = float("inf")
-        self.warm: set[str] = set()
-        self._waiter: asyncio.Future[bytes] | None = None
-        self._inbox: deque[bytes] = deque()
-        self._buffer = bytearray()
-        self._chunk = bytearray(READ_CHUNK)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        parent_sock, child_sock = socket.socketpair()
-        config = {"address_space_mb": self.pool.config.address_space_mb, "seccomp": self.pool.config.seccomp}
-        # A fresh interpreter per process (not fork): the parent has Kafka client threads, and a
-        # fork of a threaded process is unsafe; exec also leaves the child nothing but what it needs.
-        argv = [sys.executable, "-m", "sandbox.child", str(child_sock.fileno()), json.dumps(config)]
-        try:
-            proc = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    subprocess.Popen,
-                    argv,
-                    pass_fds=(child_sock.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    close_fds=True,
-                    start_new_session=False,
-                ),
-            )
-        finally:
-            child_sock.close()
-        self.proc, self.conn = proc, Connection(parent_sock.detach())
-        self.pid = proc.pid
-        self.warm.clear()
-        self._inbox.clear()
-        self._buffer.clear()
-        loop.add_reader(self.conn.fileno(), self._on_readable)
-        ready = await self.recv(self.pool.config.spawn_timeout_s)
-        if ready[:1] != b"R":
-            raise RuntimeError(f"sandbox process sent {ready[:1]!r} instead of ready")
-        self.alive = True
-
-    def _on_readable(self) -> None:
-        """Reads everything the process has sent so far and splits it into messages (the framing of
-        multiprocessing.connection: a 4-byte big-endian length, then the bytes): a batch's results
-        that arrived together cost one read and one wake-up of the waiting run, not two reads each."""
-        try:
-            # into a buffer kept per process: os.read(fd, n) allocates n bytes per call, and at this
-            # size every read was an mmap and munmap (measured: pool throughput 5,600 against 9,300/s)
-            got = os.readv(self.conn.fileno(), [self._chunk])
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            got = 0
-        if not got:
-            self._died()
-            return
-        buffer = self._buffer
-        buffer += memoryview(self._chunk)[:got]
-        start, end = 0, len(buffer)
-        while end - start >= 4:
-            size = int.from_bytes(buffer[start : start + 4], "big", signed=True)
-            if size < 0 or end - start - 4 < size:
-                break  # incomplete (a negative size would be a >2 GiB message: never sent here)
-            self._inbox.append(bytes(buffer[start + 4 : start + 4 + size]))
-            start += 4 + size
-        del buffer[:start]
-        waiter = self._waiter
-        if self._inbox and waiter is not None and not waiter.done():
-            waiter.set_result(self._inbox.popleft())
-
-    def _died(self) -> None:
-        self._detach()
-        self.alive = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(EOFError("sandbox process died"))
-        if not self.busy:
-            self.pool._replace_later(self)
-
-    def _detach(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            with contextlib.suppress(OSError):
-                self.conn.close()
-
-    async def recv(self, timeout: float | None) -> bytes:
-        """Next message from the process; EOFError if it died; TimeoutError after ``timeout`` s, or,
-        with None, when the pool's watchdog finds the run past its deadline (one timer for all runs
-        is cheaper than a timer per message on this hot path)."""
-        if self._inbox:
-            return self._inbox.popleft()
-        if not self.alive and self.conn is not None and self.conn.closed:
-            raise EOFError("sandbox process died")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self._waiter = fut
-        timer = loop.call_later(max(timeout, 0.0), _expire, fut) if timeout is not None else None
-        try:
-            return await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._waiter = None
-
-    def check(self, now: float, demote_after: float) -> None:
-        """Called by the watchdog: demotes a run that has burnt CPU, expires one past its hard deadline.
-
-        Demotion counts the process's own CPU time, not the run's wall time: on a saturated machine
-        every run waits for a core, and demoting those by wall time would starve ordinary runs (seen:
-        revocations timing out while demoted runs waited). The first tick of a run takes the baseline,
-        so runs shorter than a tick cost no read at all."""
-        if not self.busy or self.run_started == 0.0:
-            return
-        if not self.demoted:
-            used = self.cpu_ns()
-            if self.run_cpu_start < 0:
-                self.run_cpu_start = used
-            elif used - self.run_cpu_start > demote_after * 1e9:
-                self.demote()
-        if now > self.hard_deadline and self._waiter is not None:
-            _expire(self._waiter)
-
-    def send(self, data: bytes) -> None:
-        self.conn.send_bytes(data)
-
-    def arm(self, budget_ms: float, grace_ms: float) -> None:
-        """A run starts (or is about to): the watchdog's deadline and CPU baseline are this run's."""
-        now = time.monotonic()
-        self.run_started = now
-        self.hard_deadline = now + (budget_ms + grace_ms) / 1000.0
-        self.run_cpu_start = -1
-        self.restore_priority()  # a demotion was the previous run's doing
-
-    def disarm(self) -> None:
-        self.run_started, self.hard_deadline = 0.0, float("inf")
-        self.restore_priority()
-
-    def cpu_ns(self) -> int:
-        """CPU time the process has used, in ns (0 when it cannot be read)."""
-        try:
-            with open(f"/proc/{self.pid}/schedstat", "rb") as f:
-                return int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def demote(self) -> None:
-        """Moves a process whose run is long to SCHED_IDLE: it gets CPU only when nothing else wants
-        it, so runs of other scripts on the same cores preempt it at once and a slow or hostile script
-        slows only its own lane. (Measured beside an endless loop, a neighbour's p99 stayed within
-        noise of its p99 alone, with either SCHED_IDLE or nice 19; SCHED_IDLE is the firmer bound.)"""
-        if self.alive and self.pid:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
-                self.demoted = True
-
-    def restore_priority(self) -> None:
-        if not self.demoted:
-            return
-        self.demoted = False
-        try:
-            os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
-        except PermissionError:
-            self.kill()  # leaving SCHED_IDLE may need privileges: replace the process instead
-        except OSError:
-            pass
-
-    def kill(self) -> None:
-        self._detach()
-        self.alive = False
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
-    def exit_signal(self) -> int | None:
-        if self.proc is None:
-            return None
-        try:
-            code = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return None
-        return -code if code < 0 else None
+@dataclass
+class _Waiter:
+    account: str
+    key: str
+    fut: asyncio.Future[SandboxProcess | None]
+    seq: int
 
 
-def _give_up_waiting(fut: asyncio.Future[_Process | None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+@dataclass
+class _RunState:
+    """The parent's bookkeeping of one run in a batch."""
+
+    session: HostSession | None = None
+    calls: int = 0
+    call_bytes: int = 0
 
 
-def _expire(fut: asyncio.Future[bytes]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+@dataclass
+class _Stats:
+    restarts: int = 0
+    runs: int = 0
+    kills: int = 0
+    violations: int = 0
+    recycled: int = 0
+    backed_off: int = 0
+    forks: list[float] = field(default_factory=list)
 
 
 class SandboxPool:
@@ -268,18 +105,28 @@ class SandboxPool:
     ) -> None:
         cfg = config or PoolConfig()
         if processes is not None:
-            cfg = PoolConfig(**{**cfg.__dict__, "processes": processes})
+            cfg = replace(cfg, processes=processes)
         self.config = cfg
         self._host = host
         count = cfg.processes or (os.cpu_count() or 2) + 2
-        self._procs = [_Process(self, i) for i in range(count)]
-        #: runs waiting for a process, first come first served: ``_release`` hands a process over
-        self._idle_waiters: deque[asyncio.Future[_Process | None]] = deque()
+        self._procs = [SandboxProcess(i) for i in range(count)]
+        self._template = Template(
+            {
+                "address_space_mb": cfg.address_space_mb,
+                "memory_budget_mb": cfg.address_space_mb - cfg.reserved_mb,
+                "seccomp": cfg.seccomp,
+            },
+            start_timeout_s=cfg.spawn_timeout_s,
+        )
+        self._fair = FairShare(count, cfg.account_linger_s)
+        self._backoff = KillBackoff(cfg.backoff_after_kills, cfg.backoff_first_s, cfg.backoff_max_s)
+        #: runs waiting for a process, per account, oldest first (sandbox/fairshare.py: who goes next)
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._waiter_seq = 0
         self._closed = False
         self._run_seq = 0
-        self._restarts = 0
-        self._runs = 0
-        self._replacing: set[asyncio.Task[None]] = set()
+        self._stats = _Stats()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SandboxPool:
@@ -290,54 +137,43 @@ class SandboxPool:
         await self.close()
 
     async def start(self) -> None:
-        await asyncio.gather(*(p.start() for p in self._procs))
-
-    def _ensure_watchdog(self) -> None:
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        """Every few milliseconds: demote long runs, end runs past their deadline. Ends after a second
-        without runs (``_ensure_watchdog`` starts it again): ending at the first idle tick meant a new
-        task and timer for nearly every run at low rates, where runs are short and far apart."""
-        tick = self.config.watchdog_tick_ms / 1000.0
-        demote_after = self.config.demote_after_ms / 1000.0
-        idle_since, runs_seen = time.monotonic(), self._runs
-        while not self._closed:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            busy = False
-            for p in self._procs:
-                if p.run_started:
-                    busy = True
-                    p.check(now, demote_after)
-            if busy or self._runs != runs_seen:
-                idle_since, runs_seen = now, self._runs
-            elif now - idle_since > WATCHDOG_LINGER_S:
-                return
+        await self._template.start()
+        await asyncio.gather(*(self._fork_into(p) for p in self._procs))
 
     async def close(self) -> None:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for task in list(self._replacing):
+        for task in list(self._tasks):
             task.cancel()
         for p in self._procs:
             p.kill()
-        for w in self._idle_waiters:
-            if not w.done():
-                w.set_exception(PoolClosedError("sandbox pool closed"))
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, p.exit_signal) for p in self._procs))
+        for queue in self._queues.values():
+            for w in queue:
+                if not w.fut.done():
+                    w.fut.set_exception(PoolClosedError("sandbox pool closed"))
+        await self._template.close()
 
     def stats(self) -> dict[str, int]:
         return {
             "processes": len(self._procs),
             "alive": sum(p.alive for p in self._procs),
             "busy": sum(p.busy for p in self._procs),
-            "restarts": self._restarts,
-            "runs": self._runs,
+            "restarts": self._stats.restarts,
+            "runs": self._stats.runs,
+            "kills": self._stats.kills,
+            "violations": self._stats.violations,
+            "recycled": self._stats.recycled,
+            "backed_off": self._stats.backed_off,
         }
+
+    def fork_ms(self) -> list[float]:
+        """How long the last (up to 100) forks of a fresh process took, in ms, ready to run."""
+        return [round(s * 1000.0, 3) for s in self._stats.forks]
+
+    def processes(self) -> list[tuple[int, str | None]]:
+        """(pid, account) of each live sandbox process: which account each one serves."""
+        return [(p.pid, p.account) for p in self._procs if p.alive]
 
     # ---- running -------------------------------------------------------------------------
     async def run(self, script: Script, invocation: Invocation) -> Outcome:
@@ -351,8 +187,8 @@ class SandboxPool:
         invocations: Sequence[Invocation],
         on_outcome: Callable[[int, Outcome], None],
     ) -> int:
-        """Runs ``invocations`` of ``script`` one after another, in order, in one sandbox process, and
-        calls ``on_outcome(index, outcome)`` as each ends (its effects already applied).
+        """Runs ``invocations`` of ``script`` one after another, in order, in one sandbox process of the
+        script's account, and calls ``on_outcome(index, outcome)`` as each ends (its effects applied).
 
         Returns how many ended: all, unless the process died or was killed during run ``k`` (which then
         ended ``crash`` or ``timeout``) or could not be had in time (run 0 ended ``timeout``); the
@@ -361,16 +197,22 @@ class SandboxPool:
         if not invocations:
             return 0
         started = time.monotonic()
+        refusal = self._refusal(script, started)
+        if refusal is not None:
+            for index in range(len(invocations)):
+                on_outcome(index, refusal)
+            return len(invocations)
         budgets = [self._budget(script, inv) for inv in invocations]
-        proc = await self._acquire(script.key, started + max(budgets) / 1000.0)
+        proc = await self._acquire(script.account, script.key, started + max(budgets) / 1000.0)
         if proc is None:
+            waited = (time.monotonic() - started) * 1000.0
             on_outcome(
                 0,
                 Outcome.failure(
                     Reason.TIMEOUT,
                     408,
                     "no sandbox process became free within the time limit",
-                    duration_ms=(time.monotonic() - started) * 1000.0,
+                    duration_ms=waited,
                 ),
             )
             return 1
@@ -378,6 +220,19 @@ class SandboxPool:
             return await self._execute(proc, script, invocations, budgets, on_outcome)
         finally:
             self._release(proc)
+
+    def _refusal(self, script: Script, now: float) -> Outcome | None:
+        """An outcome for runs that must not start: limits out of bounds, or a backed-off script."""
+        try:
+            check_script_limits(script.timeout_ms, script.memory_mb)
+        except LimitError as exc:
+            return Outcome.failure(Reason.RUNTIME, 500, f"not run: {exc}")
+        backed_off = self._backoff.refusal(script.key, now)
+        if backed_off is None:
+            return None
+        self._stats.backed_off += 1
+        reason, message = backed_off
+        return Outcome.failure(reason, 408 if reason is Reason.TIMEOUT else 500, message)
 
     @staticmethod
     def _budget(script: Script, invocation: Invocation) -> float:
@@ -393,86 +248,154 @@ class SandboxPool:
             return None
         return self._host.session(script, invocation)
 
-    async def _acquire(self, key: str, deadline: float) -> _Process | None:
-        """A process for a run of ``key``, or None when none is free by ``deadline``.
+    # ---- which process ---------------------------------------------------------------------
+    async def _acquire(self, account: str, key: str, deadline: float) -> SandboxProcess | None:
+        """A process serving ``account`` for a run of ``key``, or None when none is had by ``deadline``.
 
-        While runs wait, a newcomer waits behind them and a released process goes straight to the
-        first in line. Without that, a script with work queued took its own process back the moment it
-        released it (its waiters had been woken, but had not run yet), and another script's run waited
-        out its whole time limit while the first ran 14,880 times (measured with one process)."""
+        The run joins its account's queue and the queues are served fairly (sandbox/fairshare.py);
+        when nobody waits, a free process is taken at once."""
         if self._closed:
             raise PoolClosedError("sandbox pool closed")
-        waiters = self._idle_waiters
-        while waiters and waiters[0].done():
-            waiters.popleft()  # gave up waiting
-        if not waiters:
-            proc = self._pick(key)
-            if proc is not None:
-                proc.busy = True
-                return proc
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_Process | None] = loop.create_future()
-        waiters.append(fut)
-        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), _give_up_waiting, fut)
+        fut: asyncio.Future[SandboxProcess | None] = loop.create_future()
+        self._waiter_seq += 1
+        self._queues.setdefault(account, deque()).append(_Waiter(account, key, fut, self._waiter_seq))
+        self._dispatch()
+        timer = None if fut.done() else loop.call_later(max(deadline - time.monotonic(), 0.0), _give_up, fut)
         try:
-            return await fut
+            proc = await fut
         except BaseException:
             handed = fut.done() and not fut.cancelled() and fut.exception() is None
-            if handed and (proc := fut.result()) is not None:
-                self._release(proc)  # handed over just as this run was cancelled: pass it on
+            if handed and (given := fut.result()) is not None:
+                self._release(given)  # handed over just as this run was cancelled: pass it on
             raise
         finally:
-            timer.cancel()
-
-    def _pick(self, key: str) -> _Process | None:
-        free = [p for p in self._procs if p.alive and not p.busy]
-        if not free:
+            if timer is not None:
+                timer.cancel()
+        if proc is not None and not proc.alive and not await self._recycle(proc, deadline):
+            self._release(proc)
             return None
-        for p in free:
-            if key in p.warm:
-                return p
-        home = self._procs[hash(key) % len(self._procs)]
-        if home in free:
-            return home
-        return min(free, key=lambda p: len(p.warm))
+        return proc
 
-    def _release(self, proc: _Process) -> None:
-        proc.busy = False
-        if not proc.alive:
-            self._replace_later(proc)  # it comes back here once replaced
-            return
-        while self._idle_waiters:
-            w = self._idle_waiters.popleft()
-            if not w.done():
+    def _dispatch(self) -> None:
+        """Hands free processes to waiting runs: the account holding the fewest first."""
+        while True:
+            waiting = [account for account, queue in self._queues.items() if _head(queue) is not None]
+            if not waiting:
+                self._queues = {a: q for a, q in self._queues.items() if q}
+                return
+            active = self._fair.active(time.monotonic(), waiting)
+            waiting.sort(key=lambda a: (self._fair.held.get(a, 0), self._queues[a][0].seq))
+            for account in waiting:
+                if not self._fair.may_take(account, active):
+                    continue
+                waiter = self._queues[account][0]
+                choice = self._fair.choose(account, waiter.key, self._procs, active)
+                if choice is None:
+                    continue
+                self._queues[account].popleft()
+                proc = choice.slot
+                assert isinstance(proc, SandboxProcess)
                 proc.busy = True
-                w.set_result(proc)
+                self._fair.acquired(account)
+                if choice.recycle:
+                    self._stats.recycled += 1
+                    proc.kill()  # the next account never shares a process with the last one
+                proc.account = account
+                waiter.fut.set_result(proc)
+                break
+            else:
                 return
 
-    def _replace_later(self, proc: _Process) -> None:
+    async def _recycle(self, proc: SandboxProcess, deadline: float) -> bool:
+        """A fresh process in ``proc``'s slot for the account it was just given."""
+        account = proc.account
+        try:
+            await asyncio.wait_for(self._fork_into(proc), max(deadline - time.monotonic(), 0.001))
+        except Exception as exc:  # no process in time: the run waits no longer
+            log.warning("could not start a sandbox process for a run: %s", exc)
+            proc.account = account
+            return False
+        proc.account = account
+        return True
+
+    def _release(self, proc: SandboxProcess) -> None:
+        account = proc.account
+        proc.busy = False
+        if account is not None:
+            self._fair.released(account, time.monotonic())
+        if not proc.alive:
+            self._replace_later(proc)
+        self._dispatch()
+
+    def _replace_later(self, proc: SandboxProcess) -> None:
+        """A dead process's slot gets a fresh process, for whichever account needs one next."""
         if self._closed:
             return
         proc.alive = False
         proc.busy = True  # not eligible until replaced
-        self._restarts += 1
-        task = asyncio.get_running_loop().create_task(self._replace(proc))
-        self._replacing.add(task)
-        task.add_done_callback(self._replacing.discard)
+        proc.account = None
+        self._stats.restarts += 1
+        self._spawn_task(self._replace(proc))
 
-    async def _replace(self, proc: _Process) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, proc.exit_signal)
+    async def _replace(self, proc: SandboxProcess) -> None:
         while not self._closed:
             try:
-                await proc.start()
+                await self._fork_into(proc)
                 break
-            except Exception:
+            except Exception as exc:
+                log.warning("could not start a sandbox process, trying again: %s", exc)
                 await asyncio.sleep(0.5)
         proc.busy = False
-        self._release(proc)
+        self._dispatch()
 
+    async def _fork_into(self, proc: SandboxProcess) -> None:
+        started = time.perf_counter()
+        forked = await self._template.fork(self.config.spawn_timeout_s)
+        await proc.attach(forked, self.config.spawn_timeout_s, self._died_idle)
+        self._stats.forks.append(time.perf_counter() - started)
+        del self._stats.forks[:-100]
+
+    def _died_idle(self, proc: SandboxProcess) -> None:
+        """A process died while no run was using it (killed from outside, or crashed on its own)."""
+        log.warning("sandbox process %d died while idle; replacing it", proc.pid)
+        self._replace_later(proc)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Every few milliseconds: demote long runs, end runs past their deadline, and let waiting
+        runs in when an account's share grew (an account stopped being active). Ends after a second
+        without runs (``_ensure_watchdog`` starts it again)."""
+        tick = self.config.watchdog_tick_ms / 1000.0
+        demote_after = self.config.demote_after_ms / 1000.0
+        idle_since, runs_seen = time.monotonic(), self._stats.runs
+        while not self._closed:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            busy = False
+            for p in self._procs:
+                if p.run_started:
+                    busy = True
+                    p.check(now, demote_after)
+            if self._queues:
+                self._dispatch()
+            if busy or self._queues or self._stats.runs != runs_seen:
+                idle_since, runs_seen = now, self._stats.runs
+            elif now - idle_since > WATCHDOG_LINGER_S:
+                return
+
+    # ---- one batch in one process ------------------------------------------------------------
     async def _execute(
         self,
-        proc: _Process,
+        proc: SandboxProcess,
         script: Script,
         invocations: Sequence[Invocation],
         budgets: list[float],
@@ -489,7 +412,7 @@ class SandboxPool:
             assert isinstance(message, bytes)
         # a run's host session exists from its first host call: most runs make none, and their end
         # then has no effects to apply
-        sessions: list[HostSession | None] = [None] * len(invocations)
+        runs = [_RunState() for _ in invocations]
         count, index = len(invocations), 0
         self._ensure_watchdog()
         proc.arm(budgets[0], self.config.grace_ms)
@@ -499,45 +422,71 @@ class SandboxPool:
                 msg = await proc.recv(None)
                 kind = msg[:1]
                 if kind == b"D":
+                    done = decode_done(msg[1:])
                     proc.warm.add(script.key)
-                    outcome = _outcome(msg)
-                    session = sessions[index]
-                    if session is not None:
-                        await session.finish(outcome)
-                    self._runs += 1
-                    on_outcome(index, outcome)
+                    state = runs[index]
+                    if state.session is not None:
+                        await state.session.finish(done.outcome)
+                    self._stats.runs += 1
+                    self._backoff.ended(script.key)
+                    on_outcome(index, done.outcome)
                     index += 1
                     if index < count:
                         proc.arm(budgets[index], self.config.grace_ms)  # the next run's backstop
                 elif kind == b"C":
-                    tag, _, calls = msg[1:].partition(b"\n")
-                    if sessions[index] is None:
-                        sessions[index] = self._session(script, invocations[index])
-                    results = await self._host_calls(sessions[index], orjson.loads(calls), proc.hard_deadline)
-                    proc.send(b"H" + tag + b"\n" + results)  # tagged with the run, see _Channel.host
+                    state = runs[index]
+                    batch = decode_calls(msg[1:], state.calls, state.call_bytes)
+                    state.calls += len(batch.calls)
+                    state.call_bytes += batch.chars
+                    if state.session is None:
+                        state.session = self._session(script, invocations[index])
+                    results = await self._host_calls(state.session, batch.calls, proc.hard_deadline)
+                    proc.send(b"H" + batch.tag + b"\n" + results)  # tagged with the run, see child._Channel
                 elif kind == b"N":
                     proc.send(b"S" + orjson.dumps(_spec(script)))
+                else:
+                    raise ProtocolViolation(f"an unknown message kind {kind!r}")
             return count
         except TimeoutError:
             proc.kill()
-            limit = f"{budgets[index]:.0f} ms"
-            why = f"run exceeded its time limit of {limit} (sandbox process replaced)"
+            self._killed(script, Reason.TIMEOUT)
+            why = f"run exceeded its time limit of {budgets[index]:.0f} ms (sandbox process replaced)"
             on_outcome(index, _cut_short(proc, Reason.TIMEOUT, 408, why))
+            return index + 1
+        except ProtocolViolation as exc:
+            proc.kill()
+            self._stats.violations += 1
+            self._killed(script, Reason.CRASH)
+            log.warning(
+                "sandbox process %d of account %r broke the protocol: %s", proc.pid, script.account, exc
+            )
+            why = f"the sandbox process broke the protocol ({exc}) while running the script"
+            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
             return index + 1
         except (EOFError, OSError):
             proc.kill()
-            sig = await asyncio.get_running_loop().run_in_executor(None, proc.exit_signal)
-            what = f"signal {signal.Signals(sig).name}" if sig else "an unexpected exit"
-            why = f"the sandbox process died ({what}) while running the script"
-            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why))
+            self._killed(script, Reason.CRASH)
+            status = await self._template.exit_status(proc.pid)
+            why = f"the sandbox process died ({_describe_exit(status)}) while running the script"
+            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
+            return index + 1
+        except Exception as exc:  # a fault of the host side: answered, and the process not trusted again
+            proc.kill()
+            log.exception("sandbox run of %s failed in the pool", script.key)
+            why = f"sandbox error: {type(exc).__name__}: {exc}"
+            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
             return index + 1
         finally:
             if index < count and proc.alive:
-                proc.kill()  # left mid-batch (cancelled, or a host fault): its later reports have no reader
+                proc.kill()  # left mid-batch (cancelled): its later reports have no reader
             proc.disarm()
 
+    def _killed(self, script: Script, reason: Reason) -> None:
+        self._stats.kills += 1
+        self._backoff.killed(script.key, reason, time.monotonic())
+
     def _batch_message(
-        self, proc: _Process, script: Script, invocations: Sequence[Invocation]
+        self, proc: SandboxProcess, script: Script, invocations: Sequence[Invocation]
     ) -> bytes | tuple[int, Outcome]:
         """The ``B`` message for a batch, or (index, outcome) for the first run whose variables are not
         JSON (only possible from Python callers: a request from Kafka carries them as JSON text)."""
@@ -560,42 +509,38 @@ class SandboxPool:
                 }
             )
             blobs.append(vars_json)
-        header: dict[str, Any] = {
-            "key": script.key,
-            "max_response_chars": self.config.max_response_chars,
-            "runs": runs,
-        }
+        header: dict[str, Any] = {"account": script.account, "key": script.key, "runs": runs}
         if script.key not in proc.warm:
             header["spec"] = _spec(script)
         return b"B" + orjson.dumps(header) + b"\n" + b"".join(blobs)
 
-    async def _host_calls(
-        self, session: HostSession | None, calls: list[list[Any]], deadline: float
-    ) -> bytes:
-        async def one(call: list[Any]) -> list[Any]:
-            call_id, method, args = call[0], call[1], call[2]
+    async def _host_calls(self, session: HostSession | None, calls: list[Any], deadline: float) -> bytes:
+        async def one(call: Any) -> list[Any]:
             if session is None:
-                return [call_id, False, [501, f"{method} is not available to this script"]]
+                return [call.id, False, [501, f"{call.method} is not available to this script"]]
             try:
-                return [call_id, True, await session.call(method, list(args or []))]
+                return [call.id, True, await hostcalls.call(session, call.method, call.args)]
             except HostCallError as exc:
-                return [call_id, False, [exc.code, exc.message]]
+                return [call.id, False, [exc.code, exc.message]]
             except Exception as exc:  # a host fault must reach the script as a rejection, not kill the run
-                return [call_id, False, [500, f"{method} failed: {exc}"]]
+                log.warning("host call %s failed", call.method, exc_info=exc)
+                return [call.id, False, [500, f"{call.method} failed: {type(exc).__name__}"]]
 
-        if len(calls) > MAX_HOST_CALLS:  # the prelude never sends this many: refuse, run none of them
-            why = f"Too many host calls in one run (the limit is {MAX_HOST_CALLS})"
-            return orjson.dumps([[call[0], False, [429, why]] for call in calls])
         timeout = max(deadline - time.monotonic(), 0.0)
         if len(calls) == 1:
             results = [await asyncio.wait_for(one(calls[0]), timeout)]
         else:
             results = await asyncio.wait_for(asyncio.gather(*(one(c) for c in calls)), timeout)
-        return orjson.dumps(results)
+        try:
+            return orjson.dumps(results)
+        except TypeError as exc:  # a host returned something that is not JSON: each call fails instead
+            log.warning("host call results are not JSON: %s", exc)
+            return orjson.dumps([[r[0], False, [500, "the host's answer is not JSON"]] for r in results])
 
     async def probe_isolation(self) -> dict[str, Any]:
-        """Asks an idle sandbox process what it can do (open, socket, fork, descriptors, limits)."""
-        proc = await self._acquire("__probe__", time.monotonic() + 5.0)
+        """Asks an idle sandbox process what it can do (open, socket, fork, descriptors, limits).
+        It takes a fresh process, which it leaves to the probe's own pseudo-account."""
+        proc = await self._acquire(_PROBE, "", time.monotonic() + 5.0)
         if proc is None:
             raise PoolClosedError("no sandbox process free for the probe")
         try:
@@ -606,9 +551,33 @@ class SandboxPool:
             self._release(proc)
 
 
-def _cut_short(proc: _Process, reason: Reason, code: int, message: str) -> Outcome:
+def _head(queue: deque[_Waiter]) -> _Waiter | None:
+    while queue and queue[0].fut.done():
+        queue.popleft()  # gave up waiting
+    return queue[0] if queue else None
+
+
+def _give_up(fut: asyncio.Future[SandboxProcess | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "an unexpected exit"
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _cut_short(
+    proc: SandboxProcess, reason: Reason, code: int, message: str, process_died: bool = False
+) -> Outcome:
     """The outcome of the run a process was in when it was killed or died."""
-    return Outcome.failure(reason, code, message, duration_ms=(time.monotonic() - proc.run_started) * 1000.0)
+    started = proc.run_started or time.monotonic()
+    outcome = Outcome.failure(reason, code, message, duration_ms=(time.monotonic() - started) * 1000.0)
+    outcome.process_died = process_died
+    return outcome
 
 
 def _spec(script: Script) -> dict[str, Any]:
@@ -628,37 +597,4 @@ def _dumps_vars(value: Any) -> bytes | Outcome:
         return Outcome.failure(Reason.RUNTIME, 400, f"invocation variables are not JSON: {exc}")
 
 
-def _outcome(msg: bytes) -> Outcome:
-    head, _, body = msg[1:].partition(b"\n")
-    meta = orjson.loads(head)
-    duration = float(meta.get("ms", 0.0))
-    error = meta.get("error")
-    if error is not None:
-        return Outcome.failure(
-            _REASONS.get(error["reason"], Reason.RUNTIME),
-            int(error["code"]),
-            str(error["message"]),
-            logs=meta.get("logs") or [],
-            duration_ms=duration,
-            line=error.get("line"),
-            column=error.get("column"),
-        )
-    data = orjson.loads(body)
-    result = data.get("result") if isinstance(data, dict) else None
-    if not isinstance(result, dict):
-        return Outcome.failure(
-            Reason.RUNTIME, 500, "the sandbox returned a malformed result", duration_ms=duration
-        )
-    logs = data.get("logs") or []
-    if result.get("ok"):
-        return Outcome.success(
-            result.get("value"), logs=logs, duration_ms=duration, outbound=data.get("outbound") or []
-        )
-    err = result.get("error") or {}
-    return Outcome.failure(
-        _REASONS.get(str(err.get("kind")), Reason.RUNTIME),
-        int(err.get("code") or 500),
-        str(err.get("message")),
-        logs=logs,
-        duration_ms=duration,
-    )
+__all__ = ["PoolConfig", "SandboxPool"]

@@ -4,6 +4,15 @@ The runner is synchronous and single-threaded. Host calls leave through ``HostCh
 round trip to the parent); everything else happens inside the QuickJS context. A run ends at the first
 of: the script completing, its deadline, a limit. Results go back as JSON text produced by the
 prelude, so the response is serialised once, in JavaScript.
+
+Two rules keep one run from reaching past its end:
+- every call into a context happens under the run's deadline (``engine.set_deadline``), including the
+  engine turning a thrown value into text;
+- a context that still has jobs queued when its run completes is dropped, not kept warm: those jobs
+  never run (the script's Outcome is final, and the process is idle once it is sent).
+
+And one keeps a script's neighbours in the same process whole: the warm contexts' memory limits add up
+to at most the process's budget, so a run never fails for memory that other scripts' contexts hold.
 """
 
 from __future__ import annotations
@@ -13,20 +22,17 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import quickjs
-
-from sandbox.engine import LogLimits, ScriptContext, classify, compile_error
+from sandbox import engine, limits
+from sandbox.engine import JSException, ScriptContext, StackOverflow, classify, compile_error
 
 #: HostChannel(calls_json, deadline) -> results_json; raises RunDeadline when the deadline passes
 HostChannel = Callable[[str, float], str]
 
-#: how long code a script leaves queued after completing may run (with no effects) before its
-#: context is thrown away instead
-LEFTOVER_BUDGET_S = 0.05
-
+#: how long the runner may take, past a run's deadline, to read the logs out of its context
+CLEANUP_S = 0.02
 
 _NULL_WORD = re.compile(r"\bnull\b")
 
@@ -44,7 +50,6 @@ class RunRequest:
     now_ms: int
     budget_ms: float
     function: str | None = None
-    max_response_chars: int = 1_000_000
 
 
 @dataclass
@@ -62,7 +67,6 @@ class RunResult:
     error: dict[str, Any] | None = None
     result_json: str = ""
     duration_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seeds(call_id: str, now_ms: int) -> tuple[int, int]:
@@ -85,14 +89,15 @@ def _error(reason: str, code: int, message: str, **extra: Any) -> dict[str, Any]
     return {"reason": reason, "code": code, "message": message, **extra}
 
 
-class Runner:
-    def __init__(self, host: HostChannel, logs: LogLimits | None = None, max_contexts: int = 64) -> None:
+class ScriptRunner:
+    """The warm contexts of one sandbox process and the loop that drives a run in one of them."""
+
+    def __init__(self, host: HostChannel, max_contexts: int = 64, memory_budget_mb: int = 1792) -> None:
         self._host = host
-        self._logs = logs or LogLimits()
         self._max_contexts = max_contexts
+        self._memory_budget_mb = memory_budget_mb
         self._contexts: OrderedDict[str, ScriptContext] = OrderedDict()
         self._specs: dict[str, ScriptSpec] = {}
-        self._last: tuple[str, ScriptContext] | None = None
 
     def knows(self, key: str) -> bool:
         return key in self._specs
@@ -104,15 +109,22 @@ class Runner:
                 if old not in self._contexts:
                     del self._specs[old]
 
+    def warm_keys(self) -> list[str]:
+        return list(self._contexts)
+
     def run(self, req: RunRequest) -> RunResult:
         started = time.monotonic()
         deadline = started + req.budget_ms / 1000.0
-        result = self._run(req, deadline)
+        engine.set_deadline(deadline)
+        try:
+            result = self._run(req, deadline)
+        except Exception as exc:  # the engine misbehaved: the context cannot be trusted again
+            self._contexts.pop(req.key, None)
+            result = RunResult(error=_error("runtime", 500, f"engine error: {type(exc).__name__}: {exc}"))
         result.duration_ms = (time.monotonic() - started) * 1000.0
         return result
 
     def _run(self, req: RunRequest, deadline: float) -> RunResult:
-        self._last = None
         spec = self._specs[req.key]
         ctx = self._contexts.get(req.key)
         if ctx is None:
@@ -123,39 +135,32 @@ class Runner:
         else:
             self._contexts.move_to_end(req.key)
         try:
-            ctx.set_budget(deadline - time.monotonic())
             a, b = seeds(req.call_id, req.now_ms)
             ctx.start(req.vars_json, req.now_ms, a, b, req.function)
             self._drive(ctx, deadline)
+            text = ctx.result(limits.MAX_RESPONSE_CHARS)
         except RunDeadline:
             return self._fail(req.key, ctx, "timeout", 408, _timeout_message(req))
-        except quickjs.StackOverflow as exc:
-            return self._fail(req.key, ctx, "runtime", 500, str(exc).split("\n", 1)[0], discard=False)
-        except (quickjs.JSException, MemoryError) as exc:
-            return self._engine_failure(req, spec, ctx, exc)
-        try:
-            ctx.set_budget(max(deadline - time.monotonic(), 0.05))
-            text = ctx.result(req.max_response_chars)
-        except (quickjs.JSException, MemoryError) as exc:
-            return self._engine_failure(req, spec, ctx, exc, doing="could not serialise the response: ")
+        except (JSException, MemoryError) as exc:
+            return self._engine_failure(req, spec, ctx, exc, deadline)
         if '"ok":false' in text[:40] and self._ran_out_of_memory(text, spec, ctx):
             return self._fail(req.key, ctx, "memory", 500, _memory_message(spec))
-        if '"kind":"memory"' in text[:80]:
-            self._contexts.pop(req.key, None)  # a context that ran out of memory is not reused
-        else:
-            self._last = (req.key, ctx)
+        if '"kind":"memory"' in text[:80] or ctx.jobs_pending():
+            # out of memory: not reused; jobs still queued: dropped with the context, never run
+            self._contexts.pop(req.key, None)
         return RunResult(result_json=text)
 
     def _engine_failure(
-        self, req: RunRequest, spec: ScriptSpec, ctx: ScriptContext, exc: BaseException, doing: str = ""
+        self, req: RunRequest, spec: ScriptSpec, ctx: ScriptContext, exc: BaseException, deadline: float
     ) -> RunResult:
-        """A run ended by an exception from the engine: a limit, or an error the script could not catch."""
+        """A run ended by an exception from the engine: the deadline, a limit, or an error the script
+        could not catch (a stack overflow in the prelude's own frames)."""
+        if time.monotonic() >= deadline:
+            return self._fail(req.key, ctx, "timeout", 408, _timeout_message(req))
         kind, message = classify(exc)
-        if kind == "timeout":
-            return self._fail(req.key, ctx, kind, 408, _timeout_message(req))
         if kind == "memory":
             return self._fail(req.key, ctx, kind, 500, _memory_message(spec))
-        return self._fail(req.key, ctx, kind, 500, doing + message)
+        return self._fail(req.key, ctx, kind, 500, message, discard=not isinstance(exc, StackOverflow))
 
     @staticmethod
     def _ran_out_of_memory(text: str, spec: ScriptSpec, ctx: ScriptContext) -> bool:
@@ -170,20 +175,14 @@ class Runner:
         return ctx.near_memory_limit()
 
     def _create(self, req: RunRequest, spec: ScriptSpec, deadline: float) -> ScriptContext | RunResult:
+        self._make_room(spec.memory_mb)
         try:
-            ctx = ScriptContext(
-                spec.source,
-                spec.type,
-                spec.env,
-                spec.memory_mb,
-                req.now_ms,
-                deadline - time.monotonic(),
-                self._logs,
-            )
-        except quickjs.StackOverflow as exc:
-            return RunResult(error=_error("runtime", 500, str(exc).split("\n", 1)[0]))
-        except (quickjs.JSException, MemoryError) as exc:
+            ctx = ScriptContext(spec.source, spec.type, spec.env, spec.memory_mb, req.now_ms)
+        except (JSException, MemoryError) as exc:
             text = str(exc)
+            if time.monotonic() >= deadline:
+                message = f"top-level code exceeded the time limit of {req.budget_ms:.0f} ms"
+                return RunResult(error=_error("timeout", 408, message))
             if text.startswith("SyntaxError"):
                 problem = compile_error(spec.source)
                 line, column, message = problem if problem else (None, None, text.split("\n", 1)[0])
@@ -191,21 +190,24 @@ class Runner:
                     error=_error("syntax", 500, f"SyntaxError: {message}", line=line, column=column)
                 )
             kind, message = classify(exc)
-            if kind == "timeout":
-                message = f"top-level code exceeded the time limit of {req.budget_ms:.0f} ms"
-            return RunResult(error=_error(kind, 408 if kind == "timeout" else 500, message))
+            return RunResult(error=_error(kind, 500, message))
         self._contexts[req.key] = ctx
-        while len(self._contexts) > self._max_contexts:
-            self._contexts.popitem(last=False)
         return ctx
+
+    def _make_room(self, memory_mb: int) -> None:
+        """Drops least recently used contexts until one more of ``memory_mb`` fits the budget."""
+        held = sum(ctx.memory_mb for ctx in self._contexts.values())
+        while self._contexts and (
+            held + memory_mb > self._memory_budget_mb or len(self._contexts) >= self._max_contexts
+        ):
+            _, evicted = self._contexts.popitem(last=False)
+            held -= evicted.memory_mb
 
     def _drive(self, ctx: ScriptContext, deadline: float) -> None:
         while not ctx.is_done():
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if time.monotonic() > deadline:
                     raise RunDeadline
-                ctx.set_budget(remaining)
                 if not ctx.run_one_job():
                     break
                 if ctx.is_done():
@@ -224,33 +226,27 @@ class Runner:
     def _fail(
         self, key: str, ctx: ScriptContext, reason: str, code: int, message: str, discard: bool = True
     ) -> RunResult:
-        logs: list[Any] = []
+        """A failed run's outcome, with the logs it wrote before it failed (in the prelude's result
+        text, which the parent reads the logs from: making it runs no script code, under a short
+        deadline of its own)."""
+        text = ""
+        engine.set_deadline(time.monotonic() + CLEANUP_S)
         try:
             ctx.abandon()
-            ctx.set_budget(0.05)
-            import orjson  # local: only failures pay for it
-
-            logs = orjson.loads(ctx.result(200_000)).get("logs", [])
+            text = ctx.result(limits.MAX_RESPONSE_CHARS)
         except Exception:  # the context may be broken; the logs are best effort
-            logs = []
+            text = ""
         if discard:
             self._contexts.pop(key, None)
-        return RunResult(error=_error(reason, code, message), extra={"logs": logs})
-
-    def after_run(self) -> None:
-        """Lets code the last run left queued finish with no effects, or drops its context."""
-        if self._last is None:
-            return
-        key, ctx = self._last
-        self._last = None
-        deadline = time.monotonic() + LEFTOVER_BUDGET_S
-        try:
-            ctx.set_budget(LEFTOVER_BUDGET_S)
-            while ctx.run_one_job():
-                if time.monotonic() > deadline:
-                    raise RunDeadline
-        except (RunDeadline, quickjs.JSException, MemoryError):
-            self._contexts.pop(key, None)
+        return RunResult(error=_error(reason, code, message), result_json=text)
 
 
-__all__ = ["HostChannel", "RunDeadline", "RunRequest", "RunResult", "Runner", "ScriptSpec", "compile_error"]
+__all__ = [
+    "HostChannel",
+    "RunDeadline",
+    "RunRequest",
+    "RunResult",
+    "ScriptRunner",
+    "ScriptSpec",
+    "compile_error",
+]

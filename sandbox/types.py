@@ -13,12 +13,18 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-#: default limits, from the script API page
-DEFAULT_TIMEOUT_MS = 2000
-DEFAULT_MEMORY_MB = 100
-#: host calls one run may make; the next one fails the run (each costs the worker's event loop:
-#: unbounded, a loop queueing a million lookups handed the worker a million calls at once)
-MAX_HOST_CALLS = 1000
+from sandbox.limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, MAX_HOST_CALLS
+
+__all__ = [
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_MS",
+    "MAX_HOST_CALLS",
+    "Invocation",
+    "Outcome",
+    "Reason",
+    "Script",
+    "ScriptType",
+]
 
 
 class ScriptType(StrEnum):
@@ -92,6 +98,9 @@ class Outcome:
     column: int | None = None
     #: outbound messages the run queued (delivered only when status is ok)
     outbound: list[dict[str, Any]] = field(default_factory=list)
+    #: the sandbox process died or was killed during the run, so running it again may work (set by
+    #: the pool on ``crash`` outcomes of a real death; not part of the Outcome JSON)
+    process_died: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

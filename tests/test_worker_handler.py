@@ -53,7 +53,7 @@ class CrashingPool(Batches):
 
     async def run(self, script: Any, invocation: Any) -> Outcome:
         self.runs += 1
-        return Outcome.failure(Reason.CRASH, 500, "sandbox process died (SIGSEGV)")
+        return _died()
 
 
 class OneScript:
@@ -67,6 +67,13 @@ class OneScript:
             created_ms=0,
             sha256="",
         )
+
+
+def _died() -> Outcome:
+    """A crash outcome as the pool reports a sandbox process that died during the run."""
+    outcome = Outcome.failure(Reason.CRASH, 500, "sandbox process died (SIGSEGV)")
+    outcome.process_died = True
+    return outcome
 
 
 async def test_a_crashing_request_is_retried_then_dead_lettered_and_answered_crash() -> None:
@@ -192,7 +199,7 @@ class CrashOncePool(Batches):
     async def run(self, script: Any, invocation: Any) -> Outcome:
         self.ran.append(invocation.call_id)
         if invocation.call_id == "c2" and self.ran.count("c2") == 1:
-            return Outcome.failure(Reason.CRASH, 500, "sandbox process died (SIGSEGV)")
+            return _died()
         return Outcome.success({"call": invocation.call_id}, duration_ms=0.1)
 
 

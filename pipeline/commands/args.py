@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
+from sandbox.limits import LimitError, check_script_limits
 
 
 def read_source(path: str) -> str:
@@ -53,3 +54,13 @@ def positive(flag: str, value: int) -> int:
     if value <= 0:
         raise UsageError(f"{flag} must be a positive whole number, not {value}")
     return value
+
+
+def script_limits(timeout_ms: int, memory_mb: int) -> tuple[int, int]:
+    """--timeout-ms and --memory-mb, checked against the bounds a script may have (sandbox/limits.py)."""
+    try:
+        check_script_limits(timeout_ms, memory_mb)
+    except LimitError as exc:
+        flag = "--timeout-ms" if "time limit" in str(exc) else "--memory-mb"
+        raise UsageError(f"{flag}: {exc}") from None
+    return timeout_ms, memory_mb

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pipeline.commands.args import pair, positive, read_source
+from pipeline.commands.args import pair, read_source, script_limits
 from pipeline.registry import ScriptRegistry
 from pipeline.settings import Settings
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
@@ -27,14 +27,15 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     source = read_source(args.file)
+    timeout_ms, memory_mb = script_limits(args.timeout_ms, args.memory_mb)
     with ScriptRegistry(settings) as registry:
         definition = registry.deploy(
             args.account,
             args.name,
             source,
             type=ScriptType(args.type),
-            timeout_ms=positive("--timeout-ms", args.timeout_ms),
-            memory_mb=positive("--memory-mb", args.memory_mb),
+            timeout_ms=timeout_ms,
+            memory_mb=memory_mb,
             env=dict(pair("--env", item) for item in args.env),
         )
     json.dump({"name": definition.name, "version": definition.version}, sys.stdout)

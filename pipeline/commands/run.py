@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.args import pair, parse_now, parse_vars, positive, read_source
+from pipeline.commands.args import pair, parse_now, parse_vars, read_source, script_limits
 from pipeline.errors import UsageError
 from pipeline.settings import Settings
-from sandbox import Invocation, LocalHost, Outcome, SandboxPool, Script, ScriptType
+from sandbox import Invocation, LocalHost, Outcome, Reason, SandboxPool, Script, ScriptType
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS
 
 
@@ -38,12 +38,13 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace, settings: Settings) -> int:
+    timeout_ms, memory_mb = script_limits(args.timeout_ms, args.memory_mb)
     script = Script(
         name=Path(args.file).stem,
         source=read_source(args.file),
         type=ScriptType(args.type),
-        timeout_ms=positive("--timeout-ms", args.timeout_ms),
-        memory_mb=positive("--memory-mb", args.memory_mb),
+        timeout_ms=timeout_ms,
+        memory_mb=memory_mb,
         env=dict(pair("--env", item) for item in args.env),
     )
     invocation = Invocation(
@@ -56,7 +57,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     for item in args.userspace:
         area, path = pair("--userspace", item)
         try:
-            host.load_csv(area, path)
+            host.load_csv(area, path, account=script.account)
         except OSError as exc:
             raise UsageError(f"--userspace {item}: cannot read {path}: {exc.strerror}") from None
     outcome = asyncio.run(_run_once(host, script, invocation))
@@ -66,5 +67,9 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_once(host: LocalHost, script: Script, invocation: Invocation) -> Outcome:
-    async with SandboxPool(host=host, processes=1) as pool:
-        return await pool.run(script, invocation)
+    """The run's Outcome, whatever happens: a sandbox that cannot even start is a ``crash`` too."""
+    try:
+        async with SandboxPool(host=host, processes=1) as pool:
+            return await pool.run(script, invocation)
+    except Exception as exc:
+        return Outcome.failure(Reason.CRASH, 500, f"the sandbox could not run the script: {exc}")

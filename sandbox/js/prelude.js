@@ -1,121 +1,199 @@
-// The ScriptForge runtime inside one QuickJS context: the script API of SCRIPT-API.md.
+// The ScriptForge runtime inside one QuickJS context: the script API of docs/script-api.md.
 //
-// Evaluated once per warm context, before the customer's code. It keeps its own references to the
-// built-ins it relies on, so a script that tampers with globals (JSON, Promise, prototypes) can break
-// only its own results, never the protocol with the host. The host (sandbox/runner.py) drives a run
-// through the functions on `__sf`: start, takeCalls, settle, finish, and decides when a run is over.
-(function (global, scriptType, envJson, logLimits) {
+// Evaluated once per warm context, before the customer's code, which then shares the context and may
+// redefine any global, prototype or built-in. So this file trusts nothing reachable from the global
+// object after it returns:
+// - it captures every built-in it uses now, and calls them through Reflect.apply;
+// - its own state lives in objects without a prototype, so no read or write of it consults anything
+//   the script can define (an index setter on Array.prototype, a getter on Object.prototype);
+// - it serialises with a depth count made on the values the engine actually descends into, and it
+//   freezes a host call's arguments to JSON text at the moment of the call: what leaves the context is
+//   text built by concatenation around that, so no prototype shapes the protocol;
+// - its protocol with the host is the value this expression evaluates to: no global names it.
+// The host (sandbox/runner.py) drives a run through that protocol and decides when it is over.
+(function (global, scriptType, envJson, limits) {
   'use strict';
-  const JSONparse = JSON.parse;
-  const JSONstringify = JSON.stringify;
+  const apply = Reflect.apply;
+  const construct = Reflect.construct;
+  const defineProperty = Object.defineProperty;
+  const setPrototypeOf = Object.setPrototypeOf;
+  const objectKeys = Object.keys;
+  const ObjectProto = Object.prototype;
+  const objectToString = ObjectProto.toString;
   const isArray = Array.isArray;
+  const arrayJoin = Array.prototype.join;
+  const JSONparse = JSON.parse;
+  // the engine's own JSON.stringify: applied to primitives alone it quotes strings exactly as JSON
+  // does (lone surrogates escaped) and consults no toJSON; to anything else only through serialize
+  const nativeStringify = JSON.stringify;
+  const quotePrimitive = nativeStringify;
+  const WeakMapCtor = WeakMap;
+  const weakMapGet = WeakMap.prototype.get;
+  const weakMapSet = WeakMap.prototype.set;
   const PromiseCtor = Promise;
   const promiseThen = Promise.prototype.then;
   const promiseResolve = Promise.resolve;
   const promiseReject = Promise.reject;
   const RealDate = Date;
-  const defineProperty = Object.defineProperty;
-  const objectKeys = Object.keys;
   const StringCtor = String;
+  const NumberCtor = Number;
+  const isFiniteNumber = Number.isFinite;
+  const isInteger = Number.isInteger;
+  const mathImul = Math.imul;
   const ErrorCtor = Error;
+  const RangeErrorCtor = RangeError;
   const InternalErrorCtor = typeof InternalError === 'function' ? InternalError : Error;
-  const MAX_DEPTH = 1000;
-  // Host calls one run may make; the next one fails the run (sandbox/types.py says why).
-  const MAX_HOST_CALLS = __SF_MAX_HOST_CALLS__;
-  // Reflect.apply and the methods below are captured now, so a script that replaces
-  // Function.prototype.call, Array.prototype.push or String.prototype.slice later cannot reach us.
-  const apply = Reflect.apply;
-  const construct = Reflect.construct;
   const regexpExec = RegExp.prototype.exec;
   const stringSlice = String.prototype.slice;
+  const charCodeAt = String.prototype.charCodeAt;
+  const symbolToString = Symbol.prototype.toString;
   const arraySlice = Array.prototype.slice;
-  const objectToString = Object.prototype.toString;
-  const hasOwn = Object.prototype.hasOwnProperty;
-  const NumberCtor = Number;
-  const isInteger = Number.isInteger;
-  const createNull = Object.create;
-  function args(list) { return apply(arraySlice, list, []); }
-  function append(list, item) { list[list.length] = item; }
 
-  // Per-run state. `run.id` guards every callback: anything left from an earlier run is inert.
-  let run = { id: 0, done: true };
-  let nextCallId = 0;
-  const waiting = createNull(null); // host call id -> {resolve, reject, runId}
+  // ---- state without prototypes ----------------------------------------------------------------
+  function rec(object) { setPrototypeOf(object, null); return object; }
+  // A list is a prototype-less object with a length: appending defines an own property, consulting
+  // nothing, and Array.prototype.join (captured) reads it as an array-like.
+  function list() { return rec({ length: 0 }); }
+  function push(l, value) { l[l.length] = value; l.length++; }
+  function joined(l, separator) { return apply(arrayJoin, l, [separator]); }
+  function args(argumentsObject) { return apply(arraySlice, argumentsObject, []); }
+
+  // ---- serialising -----------------------------------------------------------------------------
+  // The engine's JSON.stringify, made safe. QuickJS 2021 recurses in C without a stack check and dies
+  // (SIGSEGV) on a deeply nested value, and a value can turn deep behind any check made before the
+  // call (toJSON, getters, Proxies). So every serialisation passes a replacer that counts each
+  // object's depth as JSON reaches it (its holder's depth + 1, kept in a WeakMap): the count is made on
+  // the very value the engine then descends into, and past `maxDepth` it throws a RangeError first.
+  // (Measured on a routing response: 2.3 times the bare native call, a third of a serialiser in JS.)
+  // A property list (an array replacer) is applied by the same replacer: each object is handed on as
+  // a prototype-less copy with exactly the listed keys, in the list's order.
+  function serialize(value, replacer, propertyList, space, maxDepth) {
+    const depths = new WeakMapCtor();
+    let wrapper;
+    function track(key, v) {
+      if (wrapper === undefined) wrapper = this;
+      if (replacer !== undefined) v = apply(replacer, this, [key, v]);
+      if (v !== null && typeof v === 'object') {
+        const depth = this === wrapper ? 1 : apply(weakMapGet, depths, [this]) + 1;
+        if (depth > maxDepth) throw construct(RangeErrorCtor, ['value nested deeper than ' + maxDepth + ' levels']);
+        if (propertyList !== undefined && !isArray(v)) v = pick(v, propertyList);
+        apply(weakMapSet, depths, [v, depth]);
+      }
+      return v;
+    }
+    return nativeStringify(value, track, space);
+  }
+
+  function pick(object, names) {
+    const copy = rec({});
+    for (let i = 0; i < names.length; i++) copy[names[i]] = object[names[i]];
+    return copy;
+  }
+
+  function propertyListOf(replacer) {
+    const names = list();
+    const seen = rec({});
+    const length = replacer.length;
+    for (let i = 0; i < length; i++) {
+      let item = replacer[i];
+      if (item !== null && typeof item === 'object') {
+        const tag = apply(objectToString, item, []);
+        if (tag === '[object String]' || tag === '[object Number]') item = StringCtor(item);
+      }
+      if (typeof item === 'number') item = StringCtor(item);
+      if (typeof item === 'string' && seen[item] === undefined) {
+        seen[item] = true;
+        push(names, item);
+      }
+    }
+    return names;
+  }
+
+  // JSON.stringify as scripts see it: the standard semantics, bounded in depth
+  function stringify(value, replacer, space) {
+    if (typeof replacer === 'function') return serialize(value, replacer, undefined, space, limits.depth);
+    if (isArray(replacer)) return serialize(value, undefined, propertyListOf(replacer), space, limits.depth);
+    return serialize(value, undefined, undefined, space, limits.depth);
+  }
+
+  // ---- describing values (console, error messages) -----------------------------------------------
+  // Cuts at `chars` without splitting a surrogate pair (a lone half is not valid text anywhere else).
+  function cutText(text, chars) {
+    if (text.length <= chars) return text;
+    let end = chars;
+    const code = apply(charCodeAt, text, [end - 1]);
+    if (code >= 0xd800 && code <= 0xdbff) end--;
+    return apply(stringSlice, text, [0, end]) + '…';
+  }
 
   function describe(value) {
     if (value === undefined) return 'undefined';
     if (value === null) return 'null';
-    if (typeof value === 'string') return value;
-    if (typeof value === 'symbol') return value.toString();
-    if (value instanceof ErrorCtor) {
-      const name = value.name && value.name !== 'Error' ? value.name + ': ' : '';
+    const type = typeof value;
+    if (type === 'string') return value;
+    if (type === 'symbol') return apply(symbolToString, value, []);
+    if (type === 'object' && value instanceof ErrorCtor) {
+      const name = value.name && value.name !== 'Error' ? StringCtor(value.name) + ': ' : '';
       return name + StringCtor(value.message);
     }
-    if (typeof value === 'object') {
+    if (type === 'object') {
       try {
-        const text = JSONstringify(value);
+        const text = serialize(value, undefined, undefined, undefined, limits.depth);
         if (text !== undefined && text !== '{}') return text;
-      } catch (e) { /* fall through */ }
+      } catch (e) { /* not JSON: its string form below */ }
     }
     try { return StringCtor(value); } catch (e) { return apply(objectToString, value, []); }
   }
 
-  // Checks nesting without recursion: QuickJS's own JSON.stringify recurses natively and can
-  // overflow the C stack (SIGSEGV) on a deeply nested value, under any limit.
-  function tooDeep(value) {
-    if (value === null || typeof value !== 'object') return false;
-    const values = [value];
-    const depths = [1];
-    let top = 1;
-    let seen = 0;
-    while (top > 0) {
-      top--;
-      const v = values[top];
-      const depth = depths[top];
-      if (depth > MAX_DEPTH) return true;
-      if (++seen > 2000000) return false; // large but flat: let the memory limit judge it
-      const keys = isArray(v) ? null : objectKeys(v);
-      const n = keys === null ? v.length : keys.length;
-      for (let i = 0; i < n; i++) {
-        const c = keys === null ? v[i] : v[keys[i]];
-        if (c !== null && typeof c === 'object') { values[top] = c; depths[top] = depth + 1; top++; }
-      }
-    }
-    return false;
-  }
-
-  function safeStringify(value, replacer, space) {
-    if (tooDeep(value)) throw new RangeError('value nested deeper than ' + MAX_DEPTH + ' levels');
-    return JSONstringify(value, replacer, space);
-  }
-  defineProperty(JSON, 'stringify', { value: safeStringify, writable: true, configurable: true });
-
   const SIP_PATTERN = /^([1-6]\d\d)(?:\s+([\s\S]*))?$/;
 
-  // ---- completion -------------------------------------------------------------------------
+  // ---- completion --------------------------------------------------------------------------------
+  function failure(kind, code, message) {
+    return rec({ ok: false, kind: kind, code: code, message: cutText(StringCtor(message), limits.messageChars) });
+  }
+
   function sipError(e) {
     // [code, message] / '404 Not Found' / Error('404 Not Found'); anything else is a 500.
     if (isArray(e) && e.length > 0) {
       const code = NumberCtor(e[0]);
       if (isInteger(code) && code >= 100 && code <= 699) {
-        return { kind: 'script', code: code, message: e.length > 1 ? describe(e[1]) : '' };
+        return failure('script', code, e.length > 1 ? describe(e[1]) : '');
       }
-      return { kind: 'runtime', code: 500, message: describe(e.length > 1 ? e[1] : e[0]) };
+      return failure('runtime', 500, describe(e.length > 1 ? e[1] : e[0]));
     }
     let text;
     if (typeof e === 'string') text = e;
     else if (e instanceof ErrorCtor) text = StringCtor(e.message);
     if (text !== undefined) {
       const m = apply(regexpExec, SIP_PATTERN, [text]);
-      if (m) return { kind: 'script', code: Number(m[1]), message: m[2] || '' };
+      if (m) return failure('script', NumberCtor(m[1]), m[2] || '');
     }
-    return { kind: 'runtime', code: 500, message: describe(e) };
+    return failure('runtime', 500, describe(e));
   }
 
+  // Per-run state. `run.id` guards every callback: anything left from an earlier run is inert.
+  let run = rec({ id: 0, done: true });
+  let nextCallId = 0;
+  const waiting = rec({}); // host call id -> {resolve, reject, runId}
+
+  // The response is serialised when the run completes: what the script does to the object afterwards
+  // (code after exit() in the same function) cannot change what was answered.
   function completeOk(runId, value) {
     if (run.id !== runId || run.done) return;
     run.done = true;
-    run.result = { ok: true, value: value === undefined ? null : value };
+    let text;
+    try {
+      text = serialize(value === undefined ? null : value, undefined, undefined, undefined, limits.depth);
+    } catch (e) {
+      run.result = failure('runtime', 500, 'the response is not JSON: ' + describe(e));
+      return;
+    }
+    if (text === undefined) text = 'null';
+    if (text.length > limits.responseChars) {
+      run.result = failure('memory', 500, 'the response is ' + text.length + ' characters, over the limit of ' + limits.responseChars);
+      return;
+    }
+    run.result = rec({ ok: true, text: text });
   }
 
   function completeError(runId, e) {
@@ -123,33 +201,40 @@
     run.done = true;
     // The engine's out-of-memory error is catchable; whoever caught it, the run hit its memory limit.
     if (e instanceof InternalErrorCtor && e.message === 'out of memory') {
-      run.result = { ok: false, error: { kind: 'memory', code: 500, message: 'run exceeded its memory limit' } };
+      run.result = failure('memory', 500, 'run exceeded its memory limit');
       return;
     }
-    run.result = { ok: false, error: sipError(e) };
+    try {
+      run.result = sipError(e);
+    } catch (inner) {
+      run.result = failure('runtime', 500, 'the script threw a value that cannot be described');
+    }
   }
 
-  // ---- console ---------------------------------------------------------------------------
+  // ---- console -----------------------------------------------------------------------------------
   function makeConsole() {
     const out = {};
-    ['log', 'info', 'warn', 'error', 'debug'].forEach(function (level) {
+    const levels = ['log', 'info', 'warn', 'error', 'debug'];
+    for (let k = 0; k < levels.length; k++) {
+      const level = levels[k];
+      const shown = level === 'debug' ? 'log' : level;
       out[level] = function () {
         if (run.done) return;
-        if (run.logs.length >= logLimits.entries) { run.logsDropped++; return; }
+        if (run.logs.length >= limits.logEntries) { run.logsDropped++; return; }
         let text = '';
         for (let i = 0; i < arguments.length; i++) {
           if (i) text += ' ';
-          text += describe(arguments[i]);
-          if (text.length > logLimits.chars) break;
+          const piece = describe(arguments[i]);
+          text += piece.length > limits.logChars ? apply(stringSlice, piece, [0, limits.logChars + 1]) : piece;
+          if (text.length > limits.logChars) break;
         }
-        if (text.length > logLimits.chars) text = apply(stringSlice, text, [0, logLimits.chars]) + '…';
-        append(run.logs, { level: level === 'debug' ? 'log' : level, message: text });
+        push(run.logs, '{"level":"' + shown + '","message":' + quotePrimitive(cutText(text, limits.logChars)) + '}');
       };
-    });
+    }
     return out;
   }
 
-  // ---- determinism: frozen clock, seeded random --------------------------------------------
+  // ---- determinism: frozen clock, seeded random --------------------------------------------------
   let nowMs = 0;
   function FrozenDate() {
     if (!new.target) return new RealDate(nowMs).toString();
@@ -165,54 +250,94 @@
   let s0 = 1, s1 = 2, s2 = 3, s3 = 4;
   function rotl(x, k) { return (x << k) | (x >>> (32 - k)); }
   function random() {
-    const result = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
+    const result = mathImul(rotl(mathImul(s1, 5), 7), 9) >>> 0;
     const t = s1 << 9;
     s2 ^= s0; s3 ^= s1; s1 ^= s2; s0 ^= s3; s2 ^= t; s3 = rotl(s3, 11);
     return result / 4294967296;
   }
 
-  // ---- host calls --------------------------------------------------------------------------
+  // ---- host calls --------------------------------------------------------------------------------
+  function never() { return new PromiseCtor(function () {}); }
+  function rejected(code, message) { return apply(promiseReject, PromiseCtor, [[code, message]]); }
+
+  // Fails the run, not the call: a rejection can be swallowed, and a routing script past its budget
+  // of lookups must not pass for one that routed. The throw ends a synchronous loop of calls.
+  function overBudget(message) {
+    run.done = true;
+    run.result = failure('runtime', 500, message);
+    throw construct(ErrorCtor, [message]);
+  }
+
+  // `params` is an array the prelude made; each argument is frozen to JSON text now (undefined as
+  // null), so nothing the script does later, to the value or to a prototype, changes what is sent.
   function hostCall(method, params) {
     const runId = run.id;
-    if (run.done) return new PromiseCtor(function () {});
-    if (run.callsMade >= MAX_HOST_CALLS) {
-      // the run fails rather than the call (a rejection can be swallowed, and a routing script past its
-      // budget of lookups must not pass for one that routed); the throw ends a synchronous loop of calls
-      const message = 'the run made more than ' + MAX_HOST_CALLS + ' host calls, the limit of one run';
-      run.done = true;
-      run.result = failure('runtime', 500, message);
-      throw construct(ErrorCtor, [message]);
+    if (run.done) return never();
+    if (run.callsMade >= limits.hostCalls) {
+      overBudget('the run made more than ' + limits.hostCalls + ' host calls, the limit of one run');
+    }
+    let text = '';
+    try {
+      for (let i = 0; i < params.length; i++) {
+        const arg = serialize(params[i], undefined, undefined, undefined, limits.valueDepth);
+        text += (i ? ',' : '') + (arg === undefined ? 'null' : arg);
+      }
+    } catch (e) {
+      return rejected(400, method + ': the arguments are not JSON: ' + describe(e));
+    }
+    if (text.length > limits.callChars) {
+      return rejected(413, method + ': the arguments are ' + text.length + ' characters of JSON, over the limit of ' + limits.callChars);
+    }
+    if (run.callChars + text.length > limits.runCallChars) {
+      overBudget("the run's host calls carry more than " + limits.runCallChars + ' characters, the limit of one run');
     }
     run.callsMade++;
+    run.callChars += text.length;
     return new PromiseCtor(function (resolve, reject) {
       const id = ++nextCallId;
-      waiting[id] = { resolve: resolve, reject: reject, runId: runId };
-      append(run.calls, [id, method, params]);
+      waiting[id] = rec({ resolve: resolve, reject: reject, runId: runId });
+      push(run.calls, '[' + id + ',' + quotePrimitive(method) + ',[' + text + ']]');
     });
   }
 
+  // Keys and numbers may be given as numbers; anything else goes as it is and the host names it.
+  function keyArg(value) { return typeof value === 'number' ? StringCtor(value) : value; }
+
   function sendCall(channel) {
     return function (params) {
-      if (run.done) return new PromiseCtor(function () {});
-      if (run.outbound.length >= 100) return apply(promiseReject, PromiseCtor, [[429, 'Too many outbound messages in one run']]);
-      let copy;
-      try { copy = JSONparse(safeStringify(params === undefined ? null : params)); } catch (e) {
-        return apply(promiseReject, PromiseCtor, [[400, 'api.send.' + channel + ' needs JSON parameters: ' + describe(e)]]);
+      if (run.done) return never();
+      if (run.outbound.length >= limits.outbound) return rejected(429, 'Too many outbound messages in one run');
+      if (params === undefined) params = null;
+      if (params !== null && (typeof params !== 'object' || isArray(params))) {
+        return rejected(400, 'api.send.' + channel + ' needs an object of parameters');
       }
-      const id = run.outbound.length + 1;
-      append(run.outbound, { channel: channel, params: copy });
-      return apply(promiseResolve, PromiseCtor, [{ status: 'queued', id: id }]);
+      let text;
+      try {
+        text = serialize(params, undefined, undefined, undefined, limits.valueDepth);
+      } catch (e) {
+        return rejected(400, 'api.send.' + channel + ' needs JSON parameters: ' + describe(e));
+      }
+      if (text.length > limits.valueChars) {
+        return rejected(413, 'api.send.' + channel + ': the parameters are ' + text.length + ' characters of JSON, over the limit of ' + limits.valueChars);
+      }
+      push(run.outbound, '{"channel":"' + channel + '","params":' + text + '}');
+      return apply(promiseResolve, PromiseCtor, [{ status: 'queued', id: run.outbound.length }]);
     };
   }
 
   function lookup(name) {
-    return function () { return hostCall('lookup.' + name, args(arguments)); };
+    const method = 'lookup.' + name;
+    return function (number) { return hostCall(method, [keyArg(number)]); };
   }
 
   function makeApi() {
     return {
       lookup: {
-        userspaceLookup: lookup('userspaceLookup'),
+        userspaceLookup: function (area, key) {
+          // the one-argument form looks in the script's default list
+          if (arguments.length < 2) return hostCall('lookup.userspaceLookup', [keyArg(area)]);
+          return hostCall('lookup.userspaceLookup', [area, keyArg(key)]);
+        },
         asrplus: lookup('asrplus'),
         tps: lookup('tps'), nnpc: lookup('nnpc'), hlr: lookup('hlr'), lrn: lookup('lrn'), ping: lookup('ping'),
       },
@@ -222,55 +347,62 @@
 
   function makeDatastore() {
     return {
-      get: function (key) { return hostCall('datastore.get', [StringCtor(key)]); },
+      get: function (key) { return hostCall('datastore.get', [keyArg(key)]); },
       set: function (key, value, ttl) {
-        return hostCall('datastore.set', [StringCtor(key), value === undefined ? null : value, ttl === undefined ? null : ttl]);
+        return hostCall('datastore.set', [keyArg(key), value === undefined ? null : value, ttl === undefined ? null : ttl]);
       },
       incr: function (key, by, ttl) {
-        return hostCall('datastore.incr', [StringCtor(key), by === undefined ? 1 : by, ttl === undefined ? null : ttl]);
+        return hostCall('datastore.incr', [keyArg(key), by === undefined ? 1 : by, ttl === undefined ? null : ttl]);
       },
-      delete: function (key) { return hostCall('datastore.delete', [StringCtor(key)]); },
+      delete: function (key) { return hostCall('datastore.delete', [keyArg(key)]); },
     };
   }
 
   function makeRequire(datastore) {
-    const kv = {
-      get: function (key) { return datastore.get(key); },
-      set: function (key, value, ttl) { return datastore.set(key, value, ttl); },
-    };
-    const ko = {
-      get: function (key) { return datastore.get(key); },
-      set: function (key, value, ttl) { return datastore.set(key, value, ttl); },
-    };
-    const cxKV = { kv: kv, ko: ko, incr: function (key, by, expire) { return datastore.incr(key, by, expire); } };
+    function store() {
+      return {
+        get: function (key) { return datastore.get(key); },
+        set: function (key, value, ttl) { return datastore.set(key, value, ttl); },
+      };
+    }
+    // kv (values) and ko (objects) are two names of the same store in the hosted product
+    const cxKV = { kv: store(), ko: store(), incr: function (key, by, expire) { return datastore.incr(key, by, expire); } };
     function userspace(op) {
-      return function () { return hostCall('userspace.' + op, args(arguments)); };
+      const method = 'userspace.' + op;
+      return function (area, key, value) {
+        return hostCall(method, op === 'create' || op === 'update' ? [area, keyArg(key), value === undefined ? null : value] : [area, keyArg(key)]);
+      };
     }
     const cxUserspace = {
       create: userspace('create'), read: userspace('read'), update: userspace('update'), delete: userspace('delete'),
     };
-    const modules = { cxKV: cxKV, cxUserspace: cxUserspace };
-    const missing = { cxRest: 1, cxOriginate: 1, cxCall: 1, cxLookup: 1, axios: 1, moment: 1, lodash: 1, request: 1 };
+    const modules = rec({ cxKV: cxKV, cxUserspace: cxUserspace });
+    const missing = rec({ cxRest: 1, cxOriginate: 1, cxCall: 1, cxLookup: 1, axios: 1, moment: 1, lodash: 1, request: 1 });
     return function require(name) {
-      if (apply(hasOwn, modules, [name])) return modules[name];
-      if (apply(hasOwn, missing, [name])) {
-        throw new ErrorCtor("require('" + name + "') is not offered by ScriptForge yet (the hosted product's " +
-          'npm whitelist and platform REST helpers are not available); offered: cxKV, cxUserspace');
+      name = StringCtor(name);
+      if (modules[name] !== undefined) return modules[name];
+      if (missing[name] !== undefined) {
+        throw construct(ErrorCtor, ["require('" + name + "') is not offered by ScriptForge yet (the hosted product's " +
+          'npm whitelist and platform REST helpers are not available); offered: cxKV, cxUserspace']);
       }
-      throw new ErrorCtor("require('" + name + "'): no such module; offered: cxKV, cxUserspace");
+      throw construct(ErrorCtor, ["require('" + name + "'): no such module; offered: cxKV, cxUserspace"]);
     };
   }
 
-  // ---- globals -----------------------------------------------------------------------------
+  // ---- globals -----------------------------------------------------------------------------------
+  // Removed: shared memory (Atomics.wait would block past any interrupt), weak references (their
+  // callbacks run at GC time, outside any run), and QuickJS's __date_clock (the worker's real clock in
+  // microseconds: it breaks the frozen clock and times other customers' load).
   delete global.SharedArrayBuffer;
   delete global.Atomics;
   delete global.WeakRef;
   delete global.FinalizationRegistry;
+  delete global.__date_clock;
   global.Date = FrozenDate;
   Math.random = random;
+  defineProperty(JSON, 'stringify', { value: stringify, writable: true, configurable: true });
   global.console = makeConsole();
-  const env = JSONparse(envJson);
-  global.process = { env: env };
+  global.process = { env: JSONparse(envJson) };
   const moduleObject = { exports: {} };
   global.module = moduleObject;
   global.exports = moduleObject.exports;
@@ -289,7 +421,7 @@
   }
   defineProperty(global, 'ctx', {
     configurable: true,
-    get: function () { throw new ErrorCtor('ctx (Class 5 programmable voice) is not offered by ScriptForge yet'); },
+    get: function () { throw construct(ErrorCtor, ['ctx (Class 5 programmable voice) is not offered by ScriptForge yet']); },
   });
 
   function entryFunction(name) {
@@ -308,41 +440,36 @@
   }
 
   function driverFunctions() {
-    const names = [];
+    const names = list();
     const tables = [global.module && global.module.exports, global.module && global.module.export];
     for (let i = 0; i < tables.length; i++) {
       const table = tables[i];
       if (table && typeof table === 'object') {
         const keys = objectKeys(table);
-        for (let j = 0; j < keys.length; j++) if (typeof table[keys[j]] === 'function') append(names, keys[j]);
+        for (let j = 0; j < keys.length; j++) if (typeof table[keys[j]] === 'function') push(names, StringCtor(keys[j]));
       }
     }
-    let text = '';
-    for (let i = 0; i < names.length; i++) text += (i ? ', ' : '') + names[i];
-    return text;
+    return joined(names, ', ');
   }
 
-  // ---- the protocol with the host ------------------------------------------------------------
-  const sf = {
-    // Starts a run. Returns nothing; the host then drains jobs and polls `state`.
-    start: function (varsJson, now, seedA, seedB, functionName) {
-      // calls of earlier runs that were never answered (queued when the run ended: exit() after a call
-      // not awaited, a timeout) can never settle now: without this, each left ~750 bytes behind and a
-      // warm context reached its memory limit after some tens of thousands of such runs
-      for (const id in waiting) delete waiting[id];
-      run = { id: run.id + 1, done: false, result: null, logs: [], logsDropped: 0, calls: [], callsMade: 0, outbound: [],
-        returnedUndefined: false, notFound: null };
-      const runId = run.id;
-      nowMs = now;
-      s0 = seedA | 0 || 1; s1 = seedB | 0 || 2; s2 = (seedA ^ 0x9e3779b9) | 0; s3 = (seedB ^ 0x85ebca6b) | 0;
-      for (let i = 0; i < 8; i++) random();
-      let data;
-      try { data = JSONparse(varsJson); } catch (e) {
-        run.done = true;
-        run.result = { ok: false, error: { kind: 'runtime', code: 400, message: 'invalid input: ' + describe(e) } };
-        return;
-      }
-      currentData = data;
+  function startRun(varsJson, now, seedA, seedB, functionName) {
+    // calls of earlier runs that were never answered can never settle now: without this, each left
+    // ~750 bytes behind and a warm context reached its memory limit after some tens of thousands
+    for (const id in waiting) delete waiting[id];
+    run = rec({ id: run.id + 1, done: false, result: null, logs: list(), logsDropped: 0, calls: list(), callsMade: 0,
+      callChars: 0, outbound: list(), returnedUndefined: false });
+    const runId = run.id;
+    nowMs = now;
+    s0 = seedA | 0 || 1; s1 = seedB | 0 || 2; s2 = (seedA ^ 0x9e3779b9) | 0; s3 = (seedB ^ 0x85ebca6b) | 0;
+    for (let i = 0; i < 8; i++) random();
+    let data;
+    try { data = JSONparse(varsJson); } catch (e) {
+      run.done = true;
+      run.result = failure('runtime', 400, 'invalid input: ' + describe(e));
+      return;
+    }
+    currentData = data;
+    try {
       defineProperty(vars, 'routing', {
         value: data !== null && typeof data === 'object' ? data.routing : undefined,
         writable: true, configurable: true,
@@ -351,19 +478,13 @@
       const fn = entryFunction(name);
       if (fn === null) {
         run.done = true;
-        let message = scriptType === 'driver'
+        const message = scriptType === 'driver'
           ? "driver has no function '" + name + "' in module.exports (it has: " + (driverFunctions() || 'none') + ')'
           : "script defines no function '" + name + "'";
-        run.result = { ok: false, error: { kind: 'not_found', code: 404, message: message } };
+        run.result = failure('not_found', 404, message);
         return;
       }
-      let returned;
-      try {
-        returned = apply(fn, undefined, [data]);
-      } catch (e) {
-        completeError(runId, e);
-        return;
-      }
+      const returned = apply(fn, undefined, [data]);
       if (returned !== null && (typeof returned === 'object' || typeof returned === 'function') &&
           typeof returned.then === 'function') {
         apply(promiseThen, apply(promiseResolve, PromiseCtor, [returned]), [
@@ -373,98 +494,68 @@
       } else {
         run.returnedUndefined = true;
       }
-    },
-    // The host calls queued since the last call, as JSON text (empty string when none).
-    takeCalls: function () {
-      if (run.calls.length === 0) return '';
-      const calls = run.calls;
-      run.calls = [];
-      try { return JSONstringify(calls); } catch (e) {
-        // unserialisable arguments: reject those calls instead of breaking the protocol
-        for (let i = 0; i < calls.length; i++) {
-          settleOne(calls[i][0], false, [400, 'host call arguments are not JSON: ' + describe(e)]);
-        }
-        return '';
-      }
-    },
-    // Settles host calls: JSON text of [[id, ok, value], ...].
-    settle: function (resultsJson) {
-      const results = JSONparse(resultsJson);
-      for (let i = 0; i < results.length; i++) settleOne(results[i][0], results[i][1], results[i][2]);
-    },
-    isDone: function () { return run.done; },
-    returnedUndefined: function () { return run.returnedUndefined; },
-    // Completes a run that has nothing left to wait for (main returned undefined, no exit()).
-    finishIdle: function () { completeOk(run.id, null); },
-    // Ends a run whose Promise can never settle: nothing is queued and nothing is awaited.
-    failIdle: function (message) {
-      if (run.done) return;
-      run.done = true;
-      run.result = { ok: false, error: { kind: 'runtime', code: 500, message: message } };
-    },
-    abandon: function () { run.done = true; },
-    // The result as JSON text: {ok, value} | {ok:false, error:{kind, code, message}}, logs, outbound.
-    // The result as JSON text: {"result": {ok, value} | {ok:false, error}, "logs": [...], "outbound": [...]}.
-    // Built by concatenation from strings the prelude made, so a tampered prototype (toJSON, say)
-    // can reshape the script's own response but never the envelope.
-    result: function (maxBytes) {
-      let r = run.result || { ok: false, error: { kind: 'runtime', code: 500, message: 'run did not complete' } };
-      let head;
-      if (r.ok) {
-        let value;
-        try {
-          if (tooDeep(r.value)) {
-            r = failure('runtime', 500, 'response nested deeper than ' + MAX_DEPTH + ' levels');
-          } else {
-            value = JSONstringify(r.value);
-            if (value === undefined) value = 'null';
-          }
-        } catch (e) {
-          r = failure('runtime', 500, 'response is not JSON: ' + describe(e));
-        }
-        if (r.ok) head = '{"ok":true,"value":' + value + '}';
-      }
-      if (!r.ok) head = errorJson(r.error);
-      let logs = '';
-      for (let i = 0; i < run.logs.length; i++) {
-        logs += (i ? ',' : '') + '{"level":' + JSONstringify(StringCtor(run.logs[i].level)) +
-          ',"message":' + JSONstringify(StringCtor(run.logs[i].message)) + '}';
-      }
-      if (run.logsDropped) {
-        logs += (logs ? ',' : '') + '{"level":"warn","message":"[' + run.logsDropped + ' more log lines dropped]"}';
-      }
-      let outbound = '';
-      if (r.ok) {
-        for (let i = 0; i < run.outbound.length; i++) {
-          let params;
-          try { params = JSONstringify(run.outbound[i].params); } catch (e) { params = 'null'; }
-          outbound += (i ? ',' : '') + '{"channel":' + JSONstringify(StringCtor(run.outbound[i].channel)) +
-            ',"params":' + (params === undefined ? 'null' : params) + '}';
-        }
-      }
-      let text = '{"result":' + head + ',"logs":[' + logs + '],"outbound":[' + outbound + ']}';
-      if (text.length > maxBytes) {
-        text = '{"result":' + errorJson({ kind: 'memory', code: 500, message: 'response and logs are ' +
-          text.length + ' characters, over the limit of ' + maxBytes }) + ',"logs":[],"outbound":[]}';
-      }
-      return text;
-    },
-  };
-
-  function failure(kind, code, message) { return { ok: false, error: { kind: kind, code: code, message: message } }; }
-
-  function errorJson(error) {
-    return '{"ok":false,"error":{"kind":' + JSONstringify(StringCtor(error.kind)) + ',"code":' +
-      (NumberCtor(error.code) || 500) + ',"message":' + JSONstringify(StringCtor(error.message)) + '}}';
+    } catch (e) {
+      completeError(runId, e);
+    }
   }
 
   function settleOne(id, ok, value) {
     const w = waiting[id];
-    if (!w) return;
+    if (w === undefined) return;
     delete waiting[id];
     if (w.runId !== run.id || run.done) return;
     if (ok) w.resolve(value); else w.reject(value);
   }
 
-  defineProperty(global, '__sf', { value: sf, enumerable: false, writable: false, configurable: false });
-})(globalThis, __SF_TYPE__, __SF_ENV__, __SF_LOG_LIMITS__);
+  function errorText(r) {
+    return '{"ok":false,"error":{"kind":"' + r.kind + '","code":' + r.code + ',"message":' + quotePrimitive(r.message) + '}}';
+  }
+
+  // ---- the protocol with the host (this expression's value) ------------------------------------
+  // Each function catches what the script could make it throw: only the engine's interrupt (the
+  // deadline) and out-of-memory leave it.
+  return rec({
+    // Starts a run; the host then runs jobs and polls `isDone`.
+    start: startRun,
+    // The host calls queued since the last take, as JSON text '[[id, method, [args]], ...]' ('' if none).
+    takeCalls: function () {
+      if (run.calls.length === 0) return '';
+      const text = '[' + joined(run.calls, ',') + ']';
+      run.calls = list();
+      return text;
+    },
+    // Settles host calls: JSON text of [[id, ok, value], ...] made by the host.
+    settle: function (resultsJson) {
+      const results = JSONparse(resultsJson);
+      for (let i = 0; i < results.length; i++) {
+        try { settleOne(results[i][0], results[i][1], results[i][2]); } catch (e) { completeError(run.id, e); }
+      }
+    },
+    isDone: function () { return run.done; },
+    returnedUndefined: function () { return run.returnedUndefined; },
+    // Completes a run that has nothing left to wait for (main returned undefined, no exit()).
+    finishIdle: function () { try { completeOk(run.id, null); } catch (e) { completeError(run.id, e); } },
+    // Ends a run whose Promise can never settle: nothing is queued and nothing is awaited.
+    failIdle: function (message) {
+      if (run.done) return;
+      run.done = true;
+      run.result = failure('runtime', 500, message);
+    },
+    abandon: function () { run.done = true; },
+    // '{"result": {"ok":true,"value":...} | {"ok":false,"error":{kind, code, message}}, "logs": [...],
+    // "outbound": [...]}', built by concatenation from text this file made: it runs no script code.
+    result: function (maxChars) {
+      const r = run.result === null ? failure('runtime', 500, 'run did not complete') : run.result;
+      const head = r.ok ? '{"ok":true,"value":' + r.text + '}' : errorText(r);
+      let logs = joined(run.logs, ',');
+      if (run.logsDropped) {
+        logs += (logs ? ',' : '') + '{"level":"warn","message":"[' + run.logsDropped + ' more log lines dropped]"}';
+      }
+      const outbound = r.ok ? joined(run.outbound, ',') : '';
+      const text = '{"result":' + head + ',"logs":[' + logs + '],"outbound":[' + outbound + ']}';
+      if (text.length <= maxChars) return text;
+      return '{"result":' + errorText(failure('memory', 500, 'the response and logs are ' + text.length +
+        ' characters, over the limit of ' + maxChars)) + ',"logs":[],"outbound":[]}';
+    },
+  });
+})

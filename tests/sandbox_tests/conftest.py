@@ -21,7 +21,7 @@ async def host() -> Any:
 
     h = LocalHost()
     for key, value in DNC.items():
-        h.userspace.setdefault("DNC", {})[key] = value
+        h.userspace_list("", "DNC")[key] = value
     return h
 
 
@@ -36,6 +36,6 @@ async def pool(host: Any) -> AsyncIterator[Any]:
 
 @pytest.fixture
 def run(pool: Any, request: pytest.FixtureRequest) -> Any:
-    from sbxutil import Runner, slug
+    from sbxutil import PoolRunner, slug
 
-    return Runner(pool, default_name=slug(request.node.name))
+    return PoolRunner(pool, default_name=slug(request.node.name))

@@ -46,7 +46,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:80]
 
 
-class Runner:
+class PoolRunner:
     """``await run(source, vars, **kw)`` runs one script on the session pool and returns its Outcome.
 
     Script keywords: name, type, timeout_ms, memory_mb, env, account, version. Invocation keywords:
@@ -115,9 +115,9 @@ class Runner:
         assert out.status == "ok", out.to_json()
         # the clock the script sees must not have been tampered with by another script; its exact value
         # is test_script_api's business (test_date_reads_invocation_time), here it only has to be stable
-        if Runner.health_clock is None:
-            Runner.health_clock = out.response.get("t") if isinstance(out.response, dict) else None
-        expected = {"n": n, "doubled": [2, 4, 6], "json": '{"a":[1,{"b":2}]}', "t": Runner.health_clock}
+        if PoolRunner.health_clock is None:
+            PoolRunner.health_clock = out.response.get("t") if isinstance(out.response, dict) else None
+        expected = {"n": n, "doubled": [2, 4, 6], "json": '{"a":[1,{"b":2}]}', "t": PoolRunner.health_clock}
         assert out.response == expected, out.to_json()
         assert out.logs == [{"level": "log", "message": f"healthy {n}"}]
         assert self.last_ms < within_ms, f"health check took {self.last_ms:.0f} ms"

@@ -98,10 +98,12 @@ LOOPS = [
         "function main() { try { while (true) {} } catch (e) { return 'escaped'; } }",
         TIMEOUT,
     ),
+    # each link keeps the promise before it alive: the chain reaches the time or the memory limit first
     case(
         "endless_promise_chain",
         "function main() { function f() { return Promise.resolve().then(f); } return f(); }",
         TIMEOUT,
+        MEMORY,
     ),
     case(
         "endless_jobs_legacy_never_exits",
@@ -646,12 +648,12 @@ async def _normal_runs(run, names: list[str], rounds: int) -> list[float]:
 
 
 async def test_hostile_beside_normal_runs(run, pool):
-    from sbxutil import Runner
+    from sbxutil import PoolRunner
 
-    hostile = Runner(pool, "hostile-parallel")
+    hostile = PoolRunner(pool, "hostile-parallel")
     task = asyncio.create_task(hostile("function main() { while (true) {} }", {}, timeout_ms=1500))
     await asyncio.sleep(0.05)
-    normal = Runner(pool, "unused")
+    normal = PoolRunner(pool, "unused")
     latencies = await _normal_runs(normal, [f"normal-{k}" for k in range(4)], rounds=5)
     out = await task
     assert str(out.reason) == TIMEOUT, out.to_json()
@@ -662,12 +664,12 @@ async def test_hostile_beside_normal_runs(run, pool):
 async def test_normal_runs_not_delayed_by_hostile(run, pool):
     # "a slow or hostile script must not delay other scripts beyond its own lane": with one of two
     # processes stuck in a loop, other scripts keep running on the other one
-    from sbxutil import Runner
+    from sbxutil import PoolRunner
 
-    hostile = Runner(pool, "hostile-delay")
+    hostile = PoolRunner(pool, "hostile-delay")
     task = asyncio.create_task(hostile("function main() { while (true) {} }", {}, timeout_ms=2000))
     await asyncio.sleep(0.1)
-    normal = Runner(pool, "unused")
+    normal = PoolRunner(pool, "unused")
     start = time.monotonic()
     latencies = await _normal_runs(normal, [f"lane-{k}" for k in range(4)], rounds=3)
     total_ms = (time.monotonic() - start) * 1000
@@ -678,19 +680,19 @@ async def test_normal_runs_not_delayed_by_hostile(run, pool):
 
 
 async def test_two_hostile_and_normal_runs_in_parallel(run, pool):
-    from sbxutil import Runner
+    from sbxutil import PoolRunner
 
     tasks = [
         asyncio.create_task(
-            Runner(pool, "hostile-par-loop")("function main() { while (true) {} }", {}, timeout_ms=400)
+            PoolRunner(pool, "hostile-par-loop")("function main() { while (true) {} }", {}, timeout_ms=400)
         ),
         asyncio.create_task(
-            Runner(pool, "hostile-par-mem")(
+            PoolRunner(pool, "hostile-par-mem")(
                 "function main() { var a = []; while (true) a.push(new Array(1000)); }", {}, timeout_ms=3000
             )
         ),
     ]
-    normal = Runner(pool, "unused")
+    normal = PoolRunner(pool, "unused")
     await _normal_runs(normal, ["par-a", "par-b"], rounds=3)
     loop_out, mem_out = await asyncio.gather(*tasks)
     assert str(loop_out.reason) == TIMEOUT, loop_out.to_json()
@@ -756,14 +758,14 @@ async def test_timed_out_run_has_no_datastore_effect(run):
     assert check_out.status == "ok" and check_out.response == "absent", check_out.to_json()
 
 
-async def test_a_message_of_more_host_calls_than_a_run_may_make_runs_none(pool):
-    # the prelude stops a run's calls at the limit; should a subverted child send more at once, the
-    # parent refuses them all rather than spend its event loop on them
+async def test_a_message_of_more_host_calls_than_a_run_may_make_is_a_violation():
+    # the prelude stops a run's calls at the limit; should a subverted process send more at once, the
+    # parent reads none of them as calls: the process is killed and the run ends crash
     import orjson
 
+    from sandbox.protocol import ProtocolViolation, decode_calls
     from sandbox.types import MAX_HOST_CALLS
 
     calls = [[i, "datastore.get", [f"k{i}"]] for i in range(MAX_HOST_CALLS + 1)]
-    results = orjson.loads(await pool._host_calls(None, calls, time.monotonic() + 5))
-    assert len(results) == len(calls)
-    assert all(ok is False and error[0] == 429 for _id, ok, error in results)
+    with pytest.raises(ProtocolViolation, match="host calls"):
+        decode_calls(b'{"run_id":1}\n' + orjson.dumps(calls), 0, 0)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from sandbox.runner import Runner, RunRequest, ScriptSpec
+from sandbox.runner import RunRequest, ScriptRunner, ScriptSpec
 
 
-def _memory(runner: Runner, key: str) -> int:
+def _memory(runner: ScriptRunner, key: str) -> int:
     return int(runner._contexts[key]._ctx.memory()["malloc_size"])
 
 
 def test_calls_left_unanswered_by_ended_runs_do_not_pile_up() -> None:
     # a call not awaited, then exit(): the run ends with the call queued, never to be answered
-    runner = Runner(lambda calls, deadline: "[]")
+    runner = ScriptRunner(lambda calls, deadline: "[]")
     spec = ScriptSpec(
         source="function main() { datastore.get('x'); exit('ok'); }", type="app", env={}, memory_mb=50
     )
