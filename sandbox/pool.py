@@ -414,6 +414,7 @@ class SandboxPool:
         # then has no effects to apply
         runs = [_RunState() for _ in invocations]
         count, index = len(invocations), 0
+        first_run_id = self._run_seq - count + 1  # the batch's runs are numbered in a row
         self._ensure_watchdog()
         proc.arm(budgets[0], self.config.grace_ms)
         try:
@@ -423,6 +424,10 @@ class SandboxPool:
                 kind = msg[:1]
                 if kind == b"D":
                     done = decode_done(msg[1:])
+                    if done.run_id != first_run_id + index:
+                        raise ProtocolViolation(
+                            f"a result for run {done.run_id} during run {first_run_id + index}"
+                        )
                     proc.warm.add(script.key)
                     state = runs[index]
                     if state.session is not None:

@@ -212,6 +212,9 @@ class ScriptRunner:
                     break
                 if ctx.is_done():
                     return
+            if time.monotonic() > deadline:
+                # the deadline's interrupt ended a job, and the engine turned it into a rejection
+                raise RunDeadline
             calls = ctx.take_calls()
             if calls:
                 ctx.settle(self._host(calls, deadline))

@@ -176,39 +176,44 @@
   let nextCallId = 0;
   const waiting = rec({}); // host call id -> {resolve, reject, runId}
 
-  // The response is serialised when the run completes: what the script does to the object afterwards
-  // (code after exit() in the same function) cannot change what was answered.
+  // A run completes once its result is made: the response serialised (so what the script does to the
+  // object afterwards, code after exit() in the same function, cannot change what was answered), or the
+  // error described. Making it runs script code (toJSON, getters, toString); should that reach the
+  // deadline, the engine's interrupt leaves here before the run is marked done, and the host sees the
+  // run time out. Should that code complete the run itself first, its completion stands.
   function completeOk(runId, value) {
     if (run.id !== runId || run.done) return;
-    run.done = true;
-    let text;
+    let result;
     try {
-      text = serialize(value === undefined ? null : value, undefined, undefined, undefined, limits.depth);
+      let text = serialize(value === undefined ? null : value, undefined, undefined, undefined, limits.depth);
+      if (text === undefined) text = 'null';
+      result = text.length > limits.responseChars
+        ? failure('memory', 500, 'the response is ' + text.length + ' characters, over the limit of ' + limits.responseChars)
+        : rec({ ok: true, text: text });
     } catch (e) {
-      run.result = failure('runtime', 500, 'the response is not JSON: ' + describe(e));
-      return;
+      result = failure('runtime', 500, 'the response is not JSON: ' + describe(e));
     }
-    if (text === undefined) text = 'null';
-    if (text.length > limits.responseChars) {
-      run.result = failure('memory', 500, 'the response is ' + text.length + ' characters, over the limit of ' + limits.responseChars);
-      return;
-    }
-    run.result = rec({ ok: true, text: text });
+    if (run.id !== runId || run.done) return;
+    run.done = true;
+    run.result = result;
   }
 
   function completeError(runId, e) {
     if (run.id !== runId || run.done) return;
-    run.done = true;
+    let result;
     // The engine's out-of-memory error is catchable; whoever caught it, the run hit its memory limit.
     if (e instanceof InternalErrorCtor && e.message === 'out of memory') {
-      run.result = failure('memory', 500, 'run exceeded its memory limit');
-      return;
+      result = failure('memory', 500, 'run exceeded its memory limit');
+    } else {
+      try {
+        result = sipError(e);
+      } catch (inner) {
+        result = failure('runtime', 500, 'the script threw a value that cannot be described');
+      }
     }
-    try {
-      run.result = sipError(e);
-    } catch (inner) {
-      run.result = failure('runtime', 500, 'the script threw a value that cannot be described');
-    }
+    if (run.id !== runId || run.done) return;
+    run.done = true;
+    run.result = result;
   }
 
   // ---- console -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Fixtures of the sandbox tests: one pool for the whole session and a short ``run`` helper.
 
-Tests are written from ``/work/shared/SCRIPT-API.md`` (the contract scripts rely on) and the design's
-Outcome and CLI sections, not from the implementation. Helpers and constants live in ``sbxutil``.
+Tests are written from docs/script-api.md (the contract scripts rely on) and the Outcome and CLI
+contracts in README.md, not from the implementation. Helpers and constants live in ``sbxutil``; the
+victim that hostile tests run beside lives in ``sbxvictim``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ async def host() -> Any:
 async def pool(host: Any) -> AsyncIterator[Any]:
     from sandbox import SandboxPool
 
-    p = SandboxPool(host=host, processes=2)
+    p = SandboxPool(host=host, processes=4)
     async with p:
         yield p
 
@@ -39,3 +40,16 @@ def run(pool: Any, request: pytest.FixtureRequest) -> Any:
     from sbxutil import PoolRunner, slug
 
     return PoolRunner(pool, default_name=slug(request.node.name))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def victim(pool: Any, host: Any) -> AsyncIterator[Any]:
+    """Another account's routing script, running the whole test; its answers must not change."""
+    from sbxvictim import Victim
+
+    v = Victim(pool, host)
+    await v.calibrate()
+    v.start()
+    yield v
+    await v.stop()
+    v.check()

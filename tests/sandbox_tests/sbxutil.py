@@ -56,9 +56,10 @@ class PoolRunner:
     #: what the health check's Date.now() returned on its first run this session
     health_clock: Any = None
 
-    def __init__(self, pool: SandboxPool, default_name: str) -> None:
+    def __init__(self, pool: SandboxPool, default_name: str, account: str = "") -> None:
         self.pool = pool
         self.default_name = default_name
+        self.account = account
         self.last_ms = 0.0
 
     def script(
@@ -70,7 +71,7 @@ class PoolRunner:
         timeout_ms: int = 2000,
         memory_mb: int = 50,
         env: dict[str, str] | None = None,
-        account: str = "",
+        account: str | None = None,
         version: int = 0,
     ) -> Script:
         return Script(
@@ -81,7 +82,7 @@ class PoolRunner:
             timeout_ms=timeout_ms,
             memory_mb=memory_mb,
             env=env or {},
-            account=account,
+            account=self.account if account is None else account,
         )
 
     async def __call__(

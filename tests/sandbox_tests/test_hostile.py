@@ -22,7 +22,7 @@ import pytest
 
 from sandbox import ScriptType
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("victim")]
 
 OK = "ok"
 TIMEOUT = "timeout"

@@ -41,6 +41,17 @@ async def test_fork_refused(probe):
     assert probe["fork"] in REFUSED, probe
 
 
+# what native code that took over a sandbox process would try next: its parent (the worker, with its
+# Kafka connections) through a pidfd, ptrace or a signal, and memory it could write code into
+async def test_no_door_to_the_parent(probe):
+    for door in ("pidfd_open_parent", "ptrace_parent", "kill_parent"):
+        assert probe[door] in REFUSED, (door, probe)
+
+
+async def test_no_executable_memory(probe):
+    assert probe["exec_memory"] in REFUSED, probe
+
+
 async def test_no_inherited_descriptors(probe):
     assert probe["extra_fds"] == [], probe
 
@@ -123,3 +134,21 @@ async def test_sandbox_processes_have_address_space_limit_and_only_their_channel
         assert len(extra) <= 2, f"pid {pid} holds {extra}"
         for target in extra.values():
             assert target.startswith(("pipe:", "socket:", "anon_inode:")), f"pid {pid} holds {extra}"
+
+
+async def test_a_process_serves_one_account_for_its_life(pool):
+    from sbxutil import PoolRunner
+
+    served: dict[int, str] = {}
+    for i in range(30):
+        account = f"acct-{i % 6}"
+        out = await PoolRunner(pool, f"life-{i % 6}", account=account)(
+            "function main(d) { return d.i; }", {"i": i}
+        )
+        assert out.response == i, out.to_json()
+        for pid, owner in pool.processes():
+            if owner is not None:
+                assert served.setdefault(pid, owner) == owner, (
+                    f"process {pid} served {served[pid]} then {owner}"
+                )
+    assert pool.stats()["recycled"] > 0  # six accounts on four processes: some were replaced, not shared
