@@ -47,8 +47,8 @@ class KillBackoff:
         record.kills += 1
         record.reason = reason
         if record.kills >= self.after:
-            wait = min(self.first_s * 2 ** (record.kills - self.after), self.max_s)
-            record.until = now + wait
+            doublings = min(record.kills - self.after, 64)  # past the cap long before: no overflow
+            record.until = now + min(self.first_s * 2.0**doublings, self.max_s)
 
     def ended(self, key: str) -> None:
         """A run of ``key`` ended without a kill."""

@@ -119,7 +119,7 @@ def _checked(method: str, param: Param, value: Any) -> Any:
             raise HostCallError(400, f"{where} must be {kind.value}, not {_type_name(value)}")
         return value
     if kind is Kind.TTL:
-        if value is None or value == 0:
+        if value is None or (_finite(value) and value == 0):
             return None
         if not _finite(value) or value < 0 or value > MAX_TTL_S:
             raise HostCallError(400, f"{where} must be a positive number of seconds up to {MAX_TTL_S:.0f}")
@@ -132,7 +132,10 @@ def check_value(where: str, value: Any) -> int:
     """Raises HostCallError when ``value`` is too large or too deeply nested; returns its size in bytes."""
     if _depth_over(value, MAX_VALUE_DEPTH):
         raise HostCallError(400, f"{where} is nested deeper than {MAX_VALUE_DEPTH} levels")
-    size = len(orjson.dumps(value))
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits, which JSON can carry
+        raise HostCallError(400, f"{where} cannot be stored: {exc}") from None
     if size > MAX_VALUE_BYTES:
         raise HostCallError(413, f"{where} is {size} bytes of JSON, over the limit of {MAX_VALUE_BYTES}")
     return size
@@ -156,7 +159,13 @@ def _depth_over(value: Any, limit: int) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A number a double can hold: not a boolean, not NaN or infinite, not an integer past 1e308."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _type_name(value: Any) -> str:

@@ -41,8 +41,13 @@ MAX_LOG_ENTRIES = 200
 MAX_LOG_CHARS = 2000
 #: characters of an error message (a script's own error text is cut beyond it)
 MAX_MESSAGE_CHARS = 2000
-#: characters of a run's whole result (response, logs, outbound, as JSON): over it the run fails memory
-MAX_RESPONSE_CHARS = 1_000_000
+#: characters of a run's whole result (response, logs, outbound, as JSON): over it the run fails memory.
+#: A routing answer is a few kilobytes; the pool reads each result in one go on the event loop shared by
+#: every account, and 900 KB results took 1-2 ms each to read there, what a neighbour's run then waited.
+MAX_RESPONSE_CHARS = 262_144
+#: characters of host calls the prelude hands over in one message (more wait for the next), for the
+#: same reason: 100 calls of 10 KB in one message held the event loop 3-5 ms
+MAX_BATCH_CHARS = 16_384
 #: nesting of anything the sandbox serialises (responses, JSON.stringify): deeper is a RangeError
 MAX_DEPTH = 1000
 
@@ -79,4 +84,5 @@ def prelude_limits() -> dict[str, int]:
         "messageChars": MAX_MESSAGE_CHARS,
         "depth": MAX_DEPTH,
         "responseChars": MAX_RESPONSE_CHARS,
+        "batchChars": MAX_BATCH_CHARS,
     }

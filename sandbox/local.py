@@ -81,6 +81,18 @@ class LocalHost:
                 count += 1
         return count
 
+    def drop_expired(self, scope: Scope) -> bool:
+        """Removes the datastore keys of ``scope`` whose time to live is over; whether there were any."""
+        now = time.time()
+        expiry = self.expiry.get(scope, {})
+        gone = [key for key, when in expiry.items() if when <= now]
+        store, sizes = self.datastore.get(scope, {}), self.entry_chars.get(scope, {})
+        for key in gone:
+            del expiry[key]
+            store.pop(key, None)
+            self.total_chars[scope] = self.total_chars.get(scope, 0) - sizes.pop(key, 0)
+        return bool(gone)
+
     def record_call(self, number: str, answered: bool) -> None:
         stats = self.asr.setdefault(number, AsrStats())
         stats.attempts += 1
@@ -187,24 +199,33 @@ class LocalSession:
         return key in sizes, sizes.get(key, 0)
 
     def _write(self, key: str, value: Any, ttl_s: float | None) -> None:
-        """Buffers a write, refused (507) when it would take the datastore past its quota."""
+        """Buffers a write, refused (507) when it would take the datastore past its quota.
+
+        The quota is checked against what is committed when the write is made: two runs of one
+        script at the same time (the worker never makes them: a script's runs are sequential) could
+        each use the room that is left."""
         existed, old_size = self._entry(key)
         size = 0 if value is _MISSING else len(key) + len(orjson.dumps(value))
-        keys = len(self._host.entry_chars.get(self._script_scope, {})) + self._key_delta
-        keys += (value is not _MISSING) - existed
-        chars = self._host.total_chars.get(self._script_scope, 0) + self._size_delta + size - old_size
-        if value is not _MISSING and keys > MAX_DATASTORE_KEYS:
-            raise HostCallError(
-                507, f"Insufficient Storage: a script's datastore holds at most {MAX_DATASTORE_KEYS} keys"
-            )
-        if value is not _MISSING and chars > MAX_DATASTORE_CHARS:
-            raise HostCallError(
-                507,
-                f"Insufficient Storage: a script's datastore holds at most {MAX_DATASTORE_CHARS} characters",
-            )
+        if value is not _MISSING:
+            over = self._over_quota(existed, size - old_size)
+            if over and self._host.drop_expired(self._script_scope):
+                existed, old_size = self._entry(key)  # expired keys made room: ask again
+                over = self._over_quota(existed, size - old_size)
+            if over:
+                raise HostCallError(507, f"Insufficient Storage: a script's datastore holds at most {over}")
         self._key_delta += (value is not _MISSING) - existed
         self._size_delta += size - old_size
         self._writes[key] = (value, None if ttl_s is None else time.time() + ttl_s, size)
+
+    def _over_quota(self, existed: bool, growth: int) -> str:
+        """Which quota adding an entry (``growth`` characters) would pass, or '' when none."""
+        keys = len(self._host.entry_chars.get(self._script_scope, {})) + self._key_delta + (not existed)
+        chars = self._host.total_chars.get(self._script_scope, 0) + self._size_delta + growth
+        if keys > MAX_DATASTORE_KEYS:
+            return f"{MAX_DATASTORE_KEYS} keys"
+        if chars > MAX_DATASTORE_CHARS:
+            return f"{MAX_DATASTORE_CHARS} characters"
+        return ""
 
     async def datastore_get(self, key: str) -> Any:
         value = self._current(key)

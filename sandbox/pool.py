@@ -30,7 +30,7 @@ import orjson
 from sandbox import hostcalls
 from sandbox.backoff import KillBackoff
 from sandbox.errors import PoolClosedError
-from sandbox.fairshare import FairShare
+from sandbox.fairshare import CpuUse, FairShare, Usage
 from sandbox.host import Host, HostCallError, HostSession
 from sandbox.limits import LimitError, check_script_limits
 from sandbox.process import SandboxProcess
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 #: how long the watchdog keeps ticking after the last run
 WATCHDOG_LINGER_S = 1.0
+#: how often the watchdog samples each account's CPU use (sandbox.fairshare.CpuUse): a heavy account
+#: is found within about 50 ms (half-lives of 100 ms)
+CPU_SAMPLE_S = 0.01
+#: the part of its fair share of the pool's own thread an account may use while others are active: a
+#: light account's steps wait behind another's, and at a quarter they rarely do (measured, docs/sandbox.md)
+PARENT_FRACTION = 0.25
 #: the account the isolation probe runs as (it runs no script)
 _PROBE = "\x00probe"
 
@@ -119,6 +125,11 @@ class SandboxPool:
             start_timeout_s=cfg.spawn_timeout_s,
         )
         self._fair = FairShare(count, cfg.account_linger_s)
+        self._cpu = CpuUse(os.cpu_count() or 1)
+        self._heavy: set[str] = set()
+        #: each account's use of this pool's own thread (reading its results, serving its host calls)
+        self._parent_use = Usage()
+        self._held_back: set[str] = set()
         self._backoff = KillBackoff(cfg.backoff_after_kills, cfg.backoff_first_s, cfg.backoff_max_s)
         #: runs waiting for a process, per account, oldest first (sandbox/fairshare.py: who goes next)
         self._queues: dict[str, deque[_Waiter]] = {}
@@ -199,6 +210,7 @@ class SandboxPool:
         started = time.monotonic()
         refusal = self._refusal(script, started)
         if refusal is not None:
+            await asyncio.sleep(0)  # answered without waiting, yet a loop of refusals lets others run
             for index in range(len(invocations)):
                 on_outcome(index, refusal)
             return len(invocations)
@@ -287,7 +299,7 @@ class SandboxPool:
             active = self._fair.active(time.monotonic(), waiting)
             waiting.sort(key=lambda a: (self._fair.held.get(a, 0), self._queues[a][0].seq))
             for account in waiting:
-                if not self._fair.may_take(account, active):
+                if account in self._held_back or not self._fair.may_take(account, active):
                     continue
                 waiter = self._queues[account][0]
                 choice = self._fair.choose(account, waiter.key, self._procs, active)
@@ -302,6 +314,8 @@ class SandboxPool:
                     self._stats.recycled += 1
                     proc.kill()  # the next account never shares a process with the last one
                 proc.account = account
+                if account in self._heavy:
+                    proc.set_heavy(True)
                 waiter.fut.set_result(proc)
                 break
             else:
@@ -377,6 +391,7 @@ class SandboxPool:
         tick = self.config.watchdog_tick_ms / 1000.0
         demote_after = self.config.demote_after_ms / 1000.0
         idle_since, runs_seen = time.monotonic(), self._stats.runs
+        sampled = 0.0
         while not self._closed:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -385,12 +400,29 @@ class SandboxPool:
                 if p.run_started:
                     busy = True
                     p.check(now, demote_after)
+            if now - sampled >= CPU_SAMPLE_S:
+                sampled = now
+                self._prioritise(now)
             if self._queues:
                 self._dispatch()
             if busy or self._queues or self._stats.runs != runs_seen:
                 idle_since, runs_seen = now, self._stats.runs
             elif now - idle_since > WATCHDOG_LINGER_S:
                 return
+
+    def _prioritise(self, now: float) -> None:
+        """Samples each account's CPU use: the heavy ones' processes run in SCHED_IDLE, and the runs of
+        those that use more than half their part of this pool's thread wait until their use falls."""
+        live = [p for p in self._procs if p.alive and p.account is not None]
+        self._cpu.sample(now, ((p.pid, p.account or "", p.cpu_ns()) for p in live))
+        self._parent_use.update(now)
+        waiting = [a for a, q in self._queues.items() if q]
+        active = self._fair.active(now, waiting)
+        self._heavy = self._cpu.heavy(active)
+        self._held_back = self._parent_use.over(1.0, active, PARENT_FRACTION)
+        for p in live:
+            if not p.set_heavy(p.account in self._heavy) and not p.busy:
+                self._replace_later(p)  # light again, but its priority could not be given back
 
     # ---- one batch in one process ------------------------------------------------------------
     async def _execute(
@@ -421,6 +453,9 @@ class SandboxPool:
             proc.send(message)
             while index < count:
                 msg = await proc.recv(None)
+                if script.account in self._heavy or script.account in self._held_back:
+                    await asyncio.sleep(0)  # whatever else is ready (a light account's step) goes first
+                spent = time.thread_time()  # what serving this message costs the pool's own thread
                 kind = msg[:1]
                 if kind == b"D":
                     done = decode_done(msg[1:])
@@ -429,12 +464,9 @@ class SandboxPool:
                             f"a result for run {done.run_id} during run {first_run_id + index}"
                         )
                     proc.warm.add(script.key)
-                    state = runs[index]
-                    if state.session is not None:
-                        await state.session.finish(done.outcome)
                     self._stats.runs += 1
                     self._backoff.ended(script.key)
-                    on_outcome(index, done.outcome)
+                    await _end(runs[index], index, done.outcome, on_outcome)
                     index += 1
                     if index < count:
                         proc.arm(budgets[index], self.config.grace_ms)  # the next run's backstop
@@ -451,12 +483,13 @@ class SandboxPool:
                     proc.send(b"S" + orjson.dumps(_spec(script)))
                 else:
                     raise ProtocolViolation(f"an unknown message kind {kind!r}")
+                self._parent_use.add(script.account, time.thread_time() - spent)
             return count
         except TimeoutError:
             proc.kill()
             self._killed(script, Reason.TIMEOUT)
             why = f"run exceeded its time limit of {budgets[index]:.0f} ms (sandbox process replaced)"
-            on_outcome(index, _cut_short(proc, Reason.TIMEOUT, 408, why))
+            await _end(runs[index], index, _cut_short(proc, Reason.TIMEOUT, 408, why), on_outcome)
             return index + 1
         except ProtocolViolation as exc:
             proc.kill()
@@ -466,20 +499,26 @@ class SandboxPool:
                 "sandbox process %d of account %r broke the protocol: %s", proc.pid, script.account, exc
             )
             why = f"the sandbox process broke the protocol ({exc}) while running the script"
-            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
+            await _end(
+                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
+            )
             return index + 1
         except (EOFError, OSError):
             proc.kill()
             self._killed(script, Reason.CRASH)
             status = await self._template.exit_status(proc.pid)
             why = f"the sandbox process died ({_describe_exit(status)}) while running the script"
-            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
+            await _end(
+                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
+            )
             return index + 1
         except Exception as exc:  # a fault of the host side: answered, and the process not trusted again
             proc.kill()
             log.exception("sandbox run of %s failed in the pool", script.key)
             why = f"sandbox error: {type(exc).__name__}: {exc}"
-            on_outcome(index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True))
+            await _end(
+                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
+            )
             return index + 1
         finally:
             if index < count and proc.alive:
@@ -531,11 +570,10 @@ class SandboxPool:
                 log.warning("host call %s failed", call.method, exc_info=exc)
                 return [call.id, False, [500, f"{call.method} failed: {type(exc).__name__}"]]
 
-        timeout = max(deadline - time.monotonic(), 0.0)
-        if len(calls) == 1:
-            results = [await asyncio.wait_for(one(calls[0]), timeout)]
-        else:
-            results = await asyncio.wait_for(asyncio.gather(*(one(c) for c in calls)), timeout)
+        # one after another under one timeout, with no task per call: a host that answers from memory
+        # never suspends here, so the pool's thread time of this message is this account's alone
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+            results = [await one(call) for call in calls]
         try:
             return orjson.dumps(results)
         except TypeError as exc:  # a host returned something that is not JSON: each call fails instead
@@ -554,6 +592,22 @@ class SandboxPool:
             return dict(orjson.loads(msg[1:]))
         finally:
             self._release(proc)
+
+
+async def _end(
+    state: _RunState, index: int, outcome: Outcome, on_outcome: Callable[[int, Outcome], None]
+) -> None:
+    """A run's end: its host session applies its effects (only when ok), then the caller hears of it.
+    A session is finished whatever ended the run, so a host can let go of what the run held."""
+    if state.session is not None:
+        session, state.session = state.session, None
+        try:
+            await session.finish(outcome)
+        except Exception:
+            if outcome.ok:
+                raise  # effects that could not be applied: the run is not ok after all
+            log.warning("a host session of a failed run could not be finished", exc_info=True)
+    on_outcome(index, outcome)
 
 
 def _head(queue: deque[_Waiter]) -> _Waiter | None:

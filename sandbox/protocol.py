@@ -106,31 +106,29 @@ def decode_done(msg: bytes) -> Done:
     head, _, body = msg.partition(b"\n")
     meta = _object(loads(head), "result header")
     run_id = _int(meta.get("run_id"), "run_id")
-    duration = meta.get("ms", 0.0)
-    if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:
-        raise ProtocolViolation(f"the run's duration is {duration!r}")
+    duration = _duration(meta.get("ms", 0.0))
     error = meta.get("error")
     data = _object(loads(body), "result") if body else {}
     logs = _logs(data.get("logs", []))
     if error is not None:
-        return Done(run_id, _runner_error(_object(error, "error"), logs, float(duration)))
+        return Done(run_id, _runner_error(_object(error, "error"), logs, duration))
     result = _object(data.get("result"), "result")
     outbound = data.get("outbound", [])
     if result.get("ok") is True:
         if "value" not in result:
             raise ProtocolViolation("an ok result without a value")
         outcome = Outcome.success(
-            result["value"], logs=logs, duration_ms=float(duration), outbound=_outbound(outbound)
+            result["value"], logs=logs, duration_ms=duration, outbound=_outbound(outbound)
         )
         return Done(run_id, outcome)
     if result.get("ok") is not False:
         raise ProtocolViolation("a result that is neither ok nor an error")
-    if outbound:
+    if outbound != []:
         raise ProtocolViolation("outbound messages on a failed run")
     err = _object(result.get("error"), "error")
     reason = _reason(err.get("kind"))
     outcome = Outcome.failure(
-        reason, _code(err.get("code")), _message(err.get("message")), logs=logs, duration_ms=float(duration)
+        reason, _code(err.get("code")), _message(err.get("message")), logs=logs, duration_ms=duration
     )
     return Done(run_id, outcome)
 
@@ -164,12 +162,22 @@ def decode_calls(msg: bytes, calls_so_far: int, chars_so_far: int) -> CallBatch:
         if not isinstance(item, list) or len(item) != 3:
             raise ProtocolViolation("a host call that is not [id, method, args]")
         call_id, method, args = item
-        if method not in hostcalls.METHODS:
+        if not isinstance(method, str) or method not in hostcalls.METHODS:
             raise ProtocolViolation(f"a host call to {str(method)[:80]!r}, which is not in the table")
         if not isinstance(args, list):
             raise ProtocolViolation("host call arguments that are not a list")
         batch.calls.append(HostCall(_int(call_id, "call id"), method, args))
     return batch
+
+
+def _duration(value: Any) -> float:
+    try:
+        duration = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else -1.0
+    except OverflowError:
+        duration = -1.0
+    if not 0.0 <= duration < 1e9:  # also NaN and infinity, which the fallback parser lets through
+        raise ProtocolViolation(f"the run's duration is {str(value)[:40]!r}")
+    return duration
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -210,7 +218,8 @@ def _logs(logs: Any) -> list[dict[str, str]]:
         if (
             not isinstance(entry, dict)
             or len(entry) != 2
-            or entry.get("level") not in LOG_LEVELS
+            or not isinstance(entry.get("level"), str)
+            or entry["level"] not in LOG_LEVELS
             or not isinstance(entry.get("message"), str)
             or len(entry["message"]) > MAX_LOG_CHARS + 1
         ):
@@ -225,7 +234,8 @@ def _outbound(outbound: Any) -> list[dict[str, Any]]:
         if (
             not isinstance(message, dict)
             or len(message) != 2
-            or message.get("channel") not in CHANNELS
+            or not isinstance(message.get("channel"), str)
+            or message["channel"] not in CHANNELS
             or not (message.get("params") is None or isinstance(message.get("params"), dict))
         ):
             raise ProtocolViolation("an outbound message the prelude does not write")

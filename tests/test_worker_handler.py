@@ -226,3 +226,31 @@ async def test_a_lane_batch_runs_in_order_and_a_crashed_run_is_retried_in_place(
     replies = [codec(InvocationReply).decode(v) for topic, _, v in output.sent if topic == "replies"]
     assert [r.call_id for r in replies] == ["c0", "c1", "c2", "c3", "c4"]
     assert all(r.status == "ok" for r in replies)
+
+
+class BackedOffPool(Batches):
+    """Answers every run as the pool answers a backed-off script: crash, but the process did not die."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, script: Any, invocation: Any) -> Outcome:
+        self.runs += 1
+        return Outcome.failure(Reason.CRASH, 500, "not run: the sandbox process was killed in each of ...")
+
+
+async def test_a_crash_outcome_without_a_dead_process_is_answered_not_retried_or_dead_lettered() -> None:
+    # a refused run (sandbox/backoff.py) never ran: running it again, or dead-lettering the request as
+    # poison, would be wrong; the caller gets the crash answer at once
+    output = FakeOutput()
+    pool = BackedOffPool()
+    handler = InvocationHandler(
+        output, Settings(topic_prefix="unit", max_attempts=3), OneScript(), pool, "w1"
+    )  # type: ignore[arg-type]
+    tail = await handler.handle(_message(_request("replies")))
+    assert tail is not None
+    await tail
+    assert pool.runs == 1
+    assert [topic for topic, _, _ in output.sent] == ["replies"]
+    reply = codec(InvocationReply).decode(output.sent[0][2])
+    assert reply.outcome_dict["reason"] == "crash" and reply.outcome_dict["message"].startswith("not run")

@@ -17,6 +17,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("target", choices=["sandbox", "pipeline"], help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
+    sandbox = p.add_argument_group("sandbox")
+    sandbox.add_argument(
+        "--attack-seconds",
+        type=float,
+        default=2.0,
+        help="how long the victim is measured beside each class of attack (and half that alone)",
+    )
     pipeline = p.add_argument_group("pipeline")
     pipeline.add_argument("--rate", type=int, default=1000, help="fixed-phase request rate per second")
     pipeline.add_argument("--seconds", type=float, default=10.0, help="length of the fixed phase")
@@ -45,7 +52,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "sandbox":
         from sandbox.bench import bench, format_report
 
-        report = asyncio.run(bench(args.runs, args.processes))
+        report = asyncio.run(bench(args.runs, args.processes, args.attack_seconds))
         print(format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0

@@ -523,11 +523,24 @@
     // Starts a run; the host then runs jobs and polls `isDone`.
     start: startRun,
     // The host calls queued since the last take, as JSON text '[[id, method, [args]], ...]' ('' if none).
+    // At most `limits.batchChars` of them at a time (the rest on the next take): the host reads each
+    // message in one go on the event loop that serves every account, so no run hands it a large one.
     takeCalls: function () {
-      if (run.calls.length === 0) return '';
-      const text = '[' + joined(run.calls, ',') + ']';
-      run.calls = list();
-      return text;
+      const calls = run.calls;
+      if (calls.length === 0) return '';
+      let end = 0, chars = 0;
+      while (end < calls.length && (end === 0 || chars + calls[end].length <= limits.batchChars)) {
+        chars += calls[end].length;
+        end++;
+      }
+      if (end === calls.length) {
+        run.calls = list();
+        return '[' + joined(calls, ',') + ']';
+      }
+      const taken = list(), rest = list();
+      for (let i = 0; i < calls.length; i++) push(i < end ? taken : rest, calls[i]);
+      run.calls = rest;
+      return '[' + joined(taken, ',') + ']';
     },
     // Settles host calls: JSON text of [[id, ok, value], ...] made by the host.
     settle: function (resultsJson) {

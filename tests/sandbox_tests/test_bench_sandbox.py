@@ -11,12 +11,22 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SERIES = {"bare_round_trip", "in_process", "direct_call", "warm", "cold", "back_to_back", "paced"}
+SERIES = {
+    "bare_round_trip",
+    "in_process",
+    "direct_call",
+    "warm",
+    "cold",
+    "back_to_back",
+    "paced",
+    "accounts",
+    "attacks",
+}
 
 
 def test_bench_sandbox_prints_one_json_line() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "sandbox", "--runs", "100"],
+        [sys.executable, "-m", "pipeline", "bench", "sandbox", "--runs", "100", "--attack-seconds", "0.4"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -30,3 +40,9 @@ def test_bench_sandbox_prints_one_json_line() -> None:
         assert report[name]["cpu_us"] > 0 and report[name]["p50_us"] > 0, report[name]
     assert report["paced_cpu_vs_back_to_back"] > 0
     assert "1 ms apart" in done.stderr and "back to back" in done.stderr
+    # the boundary between accounts: its costs, and the victim beside every class of attack, answered right
+    assert report["accounts"]["fork_ms_p50"] > 0 and report["accounts"]["recycled"] > 0
+    for name, figures in report["attacks"].items():
+        assert figures["victim_wrong"] == 0, (name, figures)
+        assert figures["p99_ratio"] > 0 and figures["attacker_runs"] > 0, (name, figures)
+    assert "victim p99 beside each attack" in done.stderr

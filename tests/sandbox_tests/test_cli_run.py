@@ -173,3 +173,39 @@ def test_memory_mb(script):
     proc = sf(script(src), "--vars", "{}", "--memory-mb", "20", "--timeout-ms", "5000")
     assert proc.returncode == 1
     assert outcome(proc)["reason"] == "memory"
+
+
+def test_any_string_a_script_makes_prints_a_valid_outcome(script):
+    # a lone UTF-16 surrogate, and a log line cut at its limit in the middle of a pair
+    src = "function main() { console.log('a'.repeat(1999) + '\\ud83d\\ude00'); return 'x\\ud800y'; }"
+    proc = sf(script(src), "--vars", "{}")
+    assert proc.returncode == 0, proc.stderr
+    out = outcome(proc)
+    assert out["response"] == "x\ufffdy"
+    assert out["logs"] == [{"level": "log", "message": "a" * 1999 + "…"}]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [("--memory-mb", "100000", "512"), ("--memory-mb", "2", "8"), ("--timeout-ms", "3600000", "30000")],
+)
+def test_limits_out_of_bounds_are_usage_errors(script, flag, value, says):
+    proc = sf(script("function main() { return 1; }"), "--vars", "{}", flag, value)
+    assert proc.returncode == 2, proc.stdout
+    assert flag in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_deploy_refuses_limits_out_of_bounds_before_reaching_kafka(script):
+    # no broker is needed to refuse them: the check comes first
+    deploy = [
+        *COMMAND,
+        "deploy",
+        script("function main() { return 1; }"),
+        "--name",
+        "big",
+        "--memory-mb",
+        "4096",
+    ]
+    proc = subprocess.run(deploy, capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)
+    assert proc.returncode == 2, proc.stdout
+    assert "--memory-mb" in proc.stderr and "512" in proc.stderr, proc.stderr

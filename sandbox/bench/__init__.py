@@ -8,6 +8,10 @@ It also measures what a run costs when runs come one at a time about 1 ms apart 
 of a worker at 1,000 requests/s) against the same runs back to back: the CPU both sides of the channel
 spend per run. The difference is the price of every process waking from idle, which the run itself
 does not see.
+
+And what the boundary between accounts costs and holds (sandbox/bench/neighbours.py): forking a fresh
+process, a run of an account that must be given one, and a victim's p99 beside each class of attack
+against its p99 alone, measured just before.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.cpu import children_cpu_s
+from sandbox.bench.neighbours import account_costs, beside_attacks, format_attacks
 from sandbox.pool import SandboxPool
 from sandbox.runner import RunRequest, ScriptRunner, ScriptSpec
 from sandbox.types import Invocation, Script
@@ -64,6 +68,19 @@ _ECHO_CHILD = (
     "    except EOFError:\n"
     "        break\n"
 )
+
+
+def pool_cpu_s(pool: SandboxPool) -> float:
+    """User + system CPU seconds of the pool's live sandbox processes (read from /proc)."""
+    total = 0
+    for pid, _account in pool.processes():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -169,7 +186,7 @@ def direct_call(n: int) -> list[float]:
     return samples
 
 
-async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
+async def bench(n: int = 3000, processes: int = 0, attack_s: float = 2.0) -> dict[str, Any]:
     report: dict[str, Any] = {"runs": n, "cores": os.cpu_count()}
     bare = percentiles(await bare_round_trip(n))
     inproc = percentiles(in_process(n))
@@ -192,11 +209,13 @@ async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
             assert outcome.ok, outcome.message
 
         cold = percentiles(await _timed(min(n, 300), cold_step))
-        back_to_back = await _costed(n, warm_step, gap_s=0.0)
-        paced = await _costed(min(n, 2000), warm_step, gap_s=PACED_GAP_S)
+        back_to_back = await _costed(pool, n, warm_step, gap_s=0.0)
+        paced = await _costed(pool, min(n, 2000), warm_step, gap_s=PACED_GAP_S)
         throughput = await _throughput(pool, vars_json, seconds=3.0)
         beside = await _beside_hostile(pool, vars_json, n=n)
         report["pool_processes"] = pool.stats()["processes"]
+    report["accounts"] = await account_costs(processes, n=min(n, 300))
+    report["attacks"] = await beside_attacks(processes, seconds=attack_s)
 
     limit_p50 = bare["p50_us"] + inproc["p50_us"]
     limit_p99 = bare["p99_us"] + inproc["p99_us"]
@@ -226,14 +245,15 @@ async def bench(n: int = 3000, processes: int = 0) -> dict[str, Any]:
 PACED_GAP_S = 0.001
 
 
-async def _costed(n: int, step: Callable[[int], Awaitable[Any]], gap_s: float) -> dict[str, float]:
+async def _costed(
+    pool: SandboxPool, n: int, step: Callable[[int], Awaitable[Any]], gap_s: float
+) -> dict[str, float]:
     """Latency of ``n`` runs ``gap_s`` apart, and the CPU microseconds per run spent by this process
-    (the pool's side) and by its children (the sandbox processes)."""
-    me = os.getpid()
-    parent0, children0 = time.process_time(), children_cpu_s(me)
+    (the pool's side) and by the sandbox processes."""
+    parent0, sandbox0 = time.process_time(), pool_cpu_s(pool)
     samples = await _timed(n, step, gap_s)
     parent_us = (time.process_time() - parent0) / n * 1e6
-    sandbox_us = (children_cpu_s(me) - children0) / n * 1e6
+    sandbox_us = (pool_cpu_s(pool) - sandbox0) / n * 1e6
     return {
         **percentiles(samples),
         "parent_cpu_us": round(parent_us, 1),
@@ -319,5 +339,6 @@ def format_report(r: dict[str, Any]) -> str:
             f"neighbour p99 alone {r['neighbour_alone']['p99_us']} us, beside an endless loop "
             f"{r['neighbour_beside_hostile']['p99_us']} us: {r['hostile_p99_ratio']}x "
             f"({r['hostile_runs']} hostile runs meanwhile)",
+            *format_attacks(r["accounts"], r["attacks"]),
         ]
     )
