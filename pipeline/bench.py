@@ -64,7 +64,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.broker import probe_kafka, split_host_port
 from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
 from pipeline.codec import codec
-from pipeline.cpu import CpuMeter, children_cpu_s, pids_with, process_cpu_s, summed
+from pipeline.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
 from pipeline.errors import BrokerError, CodecError
 from pipeline.records import InvocationReply, InvocationRequest
 from pipeline.registry import ScriptRegistry
@@ -590,7 +590,7 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
     try:
         async with BenchClient(settings, keep_values=True) as client:
             worker = functools.partial(process_cpu_s, proc.pid)
-            sandboxes = functools.partial(children_cpu_s, proc.pid)
+            sandboxes = functools.partial(descendants_cpu_s, proc.pid)
             meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
             runner = Runner(client, names, opts.timeout_ms, meter)
             target = Target("scriptforge")
@@ -637,7 +637,7 @@ def _drain(c: Contender, opts: Options) -> dict[str, Any]:
         {
             **_common_cpu(),
             "worker": functools.partial(process_cpu_s, proc.pid),
-            "sandboxes": functools.partial(children_cpu_s, proc.pid),
+            "sandboxes": functools.partial(descendants_cpu_s, proc.pid),
         }
     )
     arrivals = c.runner.client.arrivals

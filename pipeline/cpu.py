@@ -41,9 +41,20 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def children_cpu_s(pid: int) -> float:
-    """CPU seconds of the live children of ``pid`` (replaced ones that already exited are not seen)."""
-    return sum(process_cpu_s(c) for c in children(pid))
+def descendants(pid: int) -> list[int]:
+    """Children of ``pid``, their children, and so on."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def descendants_cpu_s(pid: int) -> float:
+    """CPU seconds of the live descendants of ``pid``: a worker's sandbox processes are the children
+    of its sandbox template process (replaced ones that already exited are not seen)."""
+    return sum(process_cpu_s(c) for c in descendants(pid))
 
 
 def pids_with(marker: bytes) -> list[int]:

@@ -56,17 +56,18 @@ class FairShare:
 
     def active(self, now: float, waiting: Iterable[str]) -> set[str]:
         """Accounts that hold a process, wait for one, or released one within ``linger_s``."""
-        active = {a for a, n in self.held.items() if n > 0}
+        active = set(self.held)
         active.update(waiting)
-        stale = [a for a, at in self._released.items() if now - at >= self.linger_s]
-        for account in stale:
-            del self._released[account]
-        active.update(self._released)
+        if self._released:
+            stale = [a for a, at in self._released.items() if now - at >= self.linger_s]
+            for account in stale:
+                del self._released[account]
+            active.update(self._released)
         return active
 
     def share(self, account: str, active: set[str]) -> int:
         """How many processes ``account`` may hold at once while ``active`` want processes."""
-        others = len(active - {account})
+        others = len(active) - (account in active)
         if others == 0:
             return self.processes - 1 if self.processes >= 3 else self.processes
         return max(1, self.processes // (others + 1))

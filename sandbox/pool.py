@@ -264,10 +264,21 @@ class SandboxPool:
     async def _acquire(self, account: str, key: str, deadline: float) -> SandboxProcess | None:
         """A process serving ``account`` for a run of ``key``, or None when none is had by ``deadline``.
 
-        The run joins its account's queue and the queues are served fairly (sandbox/fairshare.py);
-        when nobody waits, a free process is taken at once."""
+        When nobody waits, a free process is taken at once; otherwise the run joins its account's
+        queue and the queues are served fairly (sandbox/fairshare.py)."""
         if self._closed:
             raise PoolClosedError("sandbox pool closed")
+        proc = (
+            self._assign(account, key, self._fair.active(time.monotonic(), ())) if not self._queues else None
+        )
+        if proc is None:
+            proc = await self._wait_in_line(account, key, deadline)
+        if proc is not None and not proc.alive and not await self._recycle(proc, deadline):
+            self._release(proc)
+            return None
+        return proc
+
+    async def _wait_in_line(self, account: str, key: str, deadline: float) -> SandboxProcess | None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[SandboxProcess | None] = loop.create_future()
         self._waiter_seq += 1
@@ -275,7 +286,7 @@ class SandboxPool:
         self._dispatch()
         timer = None if fut.done() else loop.call_later(max(deadline - time.monotonic(), 0.0), _give_up, fut)
         try:
-            proc = await fut
+            return await fut
         except BaseException:
             handed = fut.done() and not fut.cancelled() and fut.exception() is None
             if handed and (given := fut.result()) is not None:
@@ -284,42 +295,45 @@ class SandboxPool:
         finally:
             if timer is not None:
                 timer.cancel()
-        if proc is not None and not proc.alive and not await self._recycle(proc, deadline):
-            self._release(proc)
-            return None
-        return proc
 
     def _dispatch(self) -> None:
         """Hands free processes to waiting runs: the account holding the fewest first."""
         while True:
             waiting = [account for account, queue in self._queues.items() if _head(queue) is not None]
             if not waiting:
-                self._queues = {a: q for a, q in self._queues.items() if q}
+                self._queues.clear()  # every queue is empty
                 return
             active = self._fair.active(time.monotonic(), waiting)
             waiting.sort(key=lambda a: (self._fair.held.get(a, 0), self._queues[a][0].seq))
             for account in waiting:
-                if account in self._held_back or not self._fair.may_take(account, active):
-                    continue
                 waiter = self._queues[account][0]
-                choice = self._fair.choose(account, waiter.key, self._procs, active)
-                if choice is None:
-                    continue
-                self._queues[account].popleft()
-                proc = choice.slot
-                assert isinstance(proc, SandboxProcess)
-                proc.busy = True
-                self._fair.acquired(account)
-                if choice.recycle:
-                    self._stats.recycled += 1
-                    proc.kill()  # the next account never shares a process with the last one
-                proc.account = account
-                if account in self._heavy:
-                    proc.set_heavy(True)
-                waiter.fut.set_result(proc)
-                break
+                proc = self._assign(account, waiter.key, active)
+                if proc is not None:
+                    self._queues[account].popleft()
+                    waiter.fut.set_result(proc)
+                    break
             else:
                 return
+
+    def _assign(self, account: str, key: str, active: set[str]) -> SandboxProcess | None:
+        """The process a run of ``account`` takes now (marked busy, bound to the account; killed first
+        when it was another account's), or None when the account must wait."""
+        if account in self._held_back or not self._fair.may_take(account, active):
+            return None
+        choice = self._fair.choose(account, key, self._procs, active)
+        if choice is None:
+            return None
+        proc = choice.slot
+        assert isinstance(proc, SandboxProcess)
+        proc.busy = True
+        self._fair.acquired(account)
+        if choice.recycle:
+            self._stats.recycled += 1
+            proc.kill()  # the next account never shares a process with the last one
+        proc.account = account
+        if account in self._heavy:
+            proc.set_heavy(True)
+        return proc
 
     async def _recycle(self, proc: SandboxProcess, deadline: float) -> bool:
         """A fresh process in ``proc``'s slot for the account it was just given."""
@@ -400,7 +414,7 @@ class SandboxPool:
                 if p.run_started:
                     busy = True
                     p.check(now, demote_after)
-            if now - sampled >= CPU_SAMPLE_S:
+            if now - sampled >= CPU_SAMPLE_S and (self._heavy or self._held_back or self._several_accounts()):
                 sampled = now
                 self._prioritise(now)
             if self._queues:
@@ -409,6 +423,11 @@ class SandboxPool:
                 idle_since, runs_seen = now, self._stats.runs
             elif now - idle_since > WATCHDOG_LINGER_S:
                 return
+
+    def _several_accounts(self) -> bool:
+        """Whether more than one account uses the pool (alone, an account has nobody to share with)."""
+        owners = {p.account for p in self._procs if p.busy}
+        return len(owners) + len(self._queues) > 1 or len(self._fair.active(time.monotonic(), ())) > 1
 
     def _prioritise(self, now: float) -> None:
         """Samples each account's CPU use: the heavy ones' processes run in SCHED_IDLE, and the runs of
@@ -455,7 +474,9 @@ class SandboxPool:
                 msg = await proc.recv(None)
                 if script.account in self._heavy or script.account in self._held_back:
                     await asyncio.sleep(0)  # whatever else is ready (a light account's step) goes first
-                spent = time.thread_time()  # what serving this message costs the pool's own thread
+                # what serving this message costs the pool's own thread: the wall time, as it does not
+                # suspend (a host that answers from memory never waits), and a clock read costs 50 ns
+                spent = time.perf_counter()
                 kind = msg[:1]
                 if kind == b"D":
                     done = decode_done(msg[1:])
@@ -483,7 +504,7 @@ class SandboxPool:
                     proc.send(b"S" + orjson.dumps(_spec(script)))
                 else:
                     raise ProtocolViolation(f"an unknown message kind {kind!r}")
-                self._parent_use.add(script.account, time.thread_time() - spent)
+                self._parent_use.add(script.account, time.perf_counter() - spent)
             return count
         except TimeoutError:
             proc.kill()

@@ -146,6 +146,8 @@
   }
 
   const SIP_PATTERN = /^([1-6]\d\d)(?:\s+([\s\S]*))?$/;
+  const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+  const globalEval = eval;
 
   // ---- completion --------------------------------------------------------------------------------
   function failure(kind, code, message) {
@@ -441,7 +443,13 @@
       }
       return null;
     }
-    return typeof global[name] === 'function' ? global[name] : null;
+    if (typeof global[name] === 'function') return global[name];
+    // `const main = async (data) => ...` at top level binds no property of the global object, but a
+    // global evaluation of the bare name finds it (the name is checked to be one first)
+    if (apply(regexpExec, IDENTIFIER, [name]) === null) return null;
+    let found;
+    try { found = globalEval(name); } catch (e) { return null; }
+    return typeof found === 'function' ? found : null;
   }
 
   function driverFunctions() {

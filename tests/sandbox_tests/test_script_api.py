@@ -236,6 +236,19 @@ async def test_app_without_main_is_not_found(run):
     failed(await run("var x = 1;"), Reason.NOT_FOUND)
 
 
+@pytest.mark.parametrize("declaration", ["const", "let"])
+async def test_main_declared_with_const_or_let_is_found(run, declaration):
+    src = f"{declaration} main = async (data) => ({{n: data.n}});"
+    assert ok(await run(src, {"n": 4}, name=f"lexical-{declaration}")) == {"n": 4}
+
+
+async def test_a_function_name_that_is_not_an_identifier_is_never_evaluated(run):
+    src = "var hits = 0; function main() { return hits; }"
+    out = await run(src, {}, function="main; hits++; while (true) {}", timeout_ms=500)
+    failed(out, Reason.NOT_FOUND)
+    assert run.last_ms < 400
+
+
 # ---------------------------------------------------------------- SIP-style errors
 
 
