@@ -1,0 +1,100 @@
+"""The template process sandbox processes are forked from (sandbox/template.py): processes killed
+from outside are replaced, the template itself can die and come back, and every sandbox process is
+its child, not the worker's (the worker forks nothing while it has Kafka threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from sandbox import Invocation, SandboxPool, Script
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SCRIPT = Script(name="template-check", source="function main(d) { return d.i; }", account="tpl")
+
+
+async def _runs_ok(pool: SandboxPool, count: int = 4) -> None:
+    for i in range(count):
+        out = await pool.run(SCRIPT, Invocation(vars={"i": i}))
+        assert out.response == i, out.to_json()
+
+
+async def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    stop = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < stop, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+async def test_sandbox_processes_are_children_of_the_template() -> None:
+    async with SandboxPool(processes=2) as pool:
+        await _runs_ok(pool)
+        template = pool._template._proc
+        assert template is not None
+        for pid, _account in pool.processes():
+            assert _parent_of(pid) == template.pid
+
+
+async def test_a_process_killed_while_idle_is_replaced() -> None:
+    async with SandboxPool(processes=2) as pool:
+        await _runs_ok(pool)
+        victim_pid = pool.processes()[0][0]
+        os.kill(victim_pid, signal.SIGKILL)
+        await _until(
+            lambda: victim_pid not in {pid for pid, _ in pool.processes()} and pool.stats()["alive"] == 2
+        )
+        await _runs_ok(pool)
+        assert pool.stats()["restarts"] >= 1
+
+
+async def test_the_template_can_die_and_the_pool_forks_from_a_new_one() -> None:
+    async with SandboxPool(processes=2) as pool:
+        await _runs_ok(pool)
+        template = pool._template._proc
+        assert template is not None
+        template.kill()
+        await _until(lambda: not pool._template.alive)
+        # the sandbox processes it forked keep serving
+        await _runs_ok(pool)
+        # and a process that must be replaced comes from a new template
+        killed = pool.processes()[0][0]
+        os.kill(killed, signal.SIGKILL)
+        await _until(
+            lambda: killed not in {pid for pid, _ in pool.processes()} and pool.stats()["alive"] == 2,
+            timeout_s=30.0,
+        )
+        assert pool._template._proc is not None and pool._template._proc.pid != template.pid
+        await _runs_ok(pool)
+
+
+async def test_closing_the_pool_leaves_no_process_behind() -> None:
+    pool = SandboxPool(processes=3)
+    await pool.start()
+    await _runs_ok(pool)
+    pids = [pid for pid, _ in pool.processes()]
+    assert pool._template._proc is not None
+    pids.append(pool._template._proc.pid)
+    await pool.close()
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        return False
+            except OSError:
+                continue
+        return True
+
+    await _until(gone)
