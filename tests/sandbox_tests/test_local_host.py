@@ -54,6 +54,12 @@ async def assert_507(coro: Any) -> HostCallError:
     return info.value
 
 
+async def fill(s: LocalSession, count: int, prefix: str = "k") -> None:
+    """Buffers ``count`` one-key writes in session ``s``."""
+    for i in range(count):
+        await s.datastore_set(f"{prefix}{i}", 1, None)
+
+
 # ---- accounts are separate -----------------------------------------------------------------------
 async def test_two_accounts_with_the_same_script_name_have_separate_datastores() -> None:
     host = LocalHost()
@@ -263,8 +269,7 @@ async def test_incr_of_a_value_that_is_not_a_number_is_400() -> None:
 async def test_key_quota_counts_the_sessions_buffered_writes(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await assert_507(s.datastore_set("one-too-many", 1, None))
     await assert_507(s.datastore_incr("one-too-many", 1, None))
     # overwriting a key it holds takes no new key
@@ -288,8 +293,7 @@ async def test_key_quota_counts_committed_entries(small_quota: SimpleNamespace) 
 async def test_delete_frees_a_key_in_the_same_session(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await s.finish(OK)
 
     s = session(host)
@@ -307,8 +311,7 @@ async def test_delete_frees_a_key_in_the_same_session(small_quota: SimpleNamespa
 async def test_deletes_are_allowed_when_the_store_is_full(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await s.datastore_delete("missing")
     await s.datastore_delete("k0")
     await s.finish(OK)
@@ -318,8 +321,7 @@ async def test_deletes_are_allowed_when_the_store_is_full(small_quota: SimpleNam
 async def test_a_refused_write_changes_nothing(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await assert_507(s.datastore_set("over", 1, None))
     assert await s.datastore_get("over") is None
     await s.finish(OK)
@@ -347,13 +349,11 @@ async def test_key_quota_holds_across_sessions(small_quota: SimpleNamespace) -> 
 async def test_failed_run_frees_nothing_and_takes_nothing(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await s.finish(FAILED)
     # the failed run's keys never landed: the store is empty and has room
     s = session(host)
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"j{i}", 1, None)
+    await fill(s, small_quota.keys, "j")
     await s.finish(OK)
     s = session(host)
     await s.datastore_delete("j0")
@@ -364,13 +364,11 @@ async def test_failed_run_frees_nothing_and_takes_nothing(small_quota: SimpleNam
 async def test_quota_is_per_datastore(small_quota: SimpleNamespace) -> None:
     host = LocalHost()
     s = session(host, "acme", "router")
-    for i in range(small_quota.keys):
-        await s.datastore_set(f"k{i}", 1, None)
+    await fill(s, small_quota.keys, "k")
     await s.finish(OK)
     for account, name in (("globex", "router"), ("acme", "other")):
         s = session(host, account, name)
-        for i in range(small_quota.keys):
-            await s.datastore_set(f"k{i}", 1, None)
+        await fill(s, small_quota.keys, "k")
         await s.finish(OK)
 
 
