@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sandbox.fairshare import Choice, FairShare
+from sandbox.fairshare import Choice, CpuUse, FairShare, Usage
 
 
 @dataclass(eq=False)  # identity, not field equality: tests ask "is this the slot it chose"
@@ -478,3 +478,48 @@ def test_victim_always_finds_a_process_next_to_a_hostile_account(seed: int) -> N
     assert victim_runs > 50
     # the hostile account kept running all along
     assert sim.fair.held.get("hostile", 0) >= 1
+
+
+# ---- CPU and the pool's thread ---------------------------------------------------------------------
+def test_usage_is_a_decaying_rate_per_account() -> None:
+    usage = Usage(half_life_s=0.1)
+    usage.update(1.0)
+    usage.add("a", 0.5)  # half a second of use in 0.1 s
+    usage.update(1.1)
+    assert 2.4 < usage.rate["a"] < 2.6  # half of 5 per second, after one half-life
+    usage.update(2.1)  # ten half-lives with nothing added
+    assert usage.rate.get("a", 0.0) < 0.01
+
+
+def test_usage_over_its_part_only_while_others_are_active() -> None:
+    usage = Usage()
+    usage.rate.update({"a": 0.3, "b": 0.05})
+    assert usage.over(1.0, {"a"}, 0.25) == set()  # alone: nobody to share with
+    assert usage.over(1.0, {"a", "b"}, 0.25) == {"a"}  # 0.3 > 0.25 * 1.0 / 2
+
+
+def _cpu(rates: dict[str, float]) -> CpuUse:
+    cpu = CpuUse(cores=2)
+    cpu.usage.rate.update(rates)
+    return cpu
+
+
+def test_an_account_using_much_more_cpu_than_the_lightest_other_is_heavy() -> None:
+    assert _cpu({"attacker": 0.35, "victim": 0.1}).heavy({"attacker", "victim"}) == {"attacker"}
+    # alone, or beside a peer that uses about as much, nobody is
+    assert _cpu({"attacker": 1.9}).heavy({"attacker"}) == set()
+    assert _cpu({"a": 0.6, "b": 0.5}).heavy({"a", "b"}) == set()
+    # under the floor nobody is, however small the others
+    assert _cpu({"a": 0.08, "b": 0.0}).heavy({"a", "b"}) == set()
+    # an active account that used nothing yet counts as the lightest
+    assert _cpu({"a": 0.5}).heavy({"a", "newcomer"}) == {"a"}
+
+
+def test_cpu_samples_become_rates_per_account() -> None:
+    cpu = CpuUse(cores=2)
+    cpu.sample(10.0, [(1, "a", 0), (2, "a", 0), (3, "b", 0)])
+    cpu.sample(10.1, [(1, "a", 50_000_000), (2, "a", 50_000_000), (3, "b", 1_000_000)])
+    assert cpu.rate["a"] > 5 * cpu.rate["b"] > 0
+    # a process gone between samples adds nothing, and a new one starts from its first reading
+    cpu.sample(10.2, [(4, "a", 900_000_000)])
+    assert cpu.rate["a"] < 1.0
