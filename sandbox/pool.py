@@ -469,7 +469,7 @@ class SandboxPool:
         self._ensure_watchdog()
         proc.arm(budgets[0], self.config.grace_ms)
         try:
-            proc.send(message)
+            await proc.send(message, proc.hard_deadline)
             while index < count:
                 msg = await proc.recv(None)
                 if script.account in self._heavy or script.account in self._held_back:
@@ -499,9 +499,10 @@ class SandboxPool:
                     if state.session is None:
                         state.session = self._session(script, invocations[index])
                     results = await self._host_calls(state.session, batch.calls, proc.hard_deadline)
-                    proc.send(b"H" + batch.tag + b"\n" + results)  # tagged with the run, see child._Channel
+                    # tagged with the run, see child._Channel
+                    await proc.send(b"H" + batch.tag + b"\n" + results, proc.hard_deadline)
                 elif kind == b"N":
-                    proc.send(b"S" + orjson.dumps(_spec(script)))
+                    await proc.send(b"S" + orjson.dumps(_spec(script)), proc.hard_deadline)
                 else:
                     raise ProtocolViolation(f"an unknown message kind {kind!r}")
                 self._parent_use.add(script.account, time.perf_counter() - spent)
@@ -608,7 +609,7 @@ class SandboxPool:
         if proc is None:
             raise PoolClosedError("no sandbox process free for the probe")
         try:
-            proc.send(b"P")
+            await proc.send(b"P", time.monotonic() + 5.0)
             msg = await proc.recv(5.0)
             return dict(orjson.loads(msg[1:]))
         finally:

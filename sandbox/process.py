@@ -58,6 +58,7 @@ class SandboxProcess:
         """Takes over a freshly forked process and waits for it to say ready."""
         loop = asyncio.get_running_loop()
         self.conn = Connection(forked.channel_fd)
+        os.set_blocking(forked.channel_fd, False)
         self.pid, self._pidfd = forked.pid, forked.pidfd
         self.account = None
         self.warm.clear()
@@ -160,8 +161,35 @@ class SandboxProcess:
         if now > self.hard_deadline and self._waiter is not None:
             _expire(self._waiter)
 
-    def send(self, data: bytes) -> None:
-        self.conn.send_bytes(data)
+    async def send(self, data: bytes, deadline: float) -> None:
+        """Writes one message in multiprocessing.connection's framing (a 4-byte big-endian length, then
+        the bytes). The channel is non-blocking (uvloop makes every descriptor it watches so, and a
+        blocking write would hold the event loop), so a large batch is written as the process reads
+        it, waiting for room until ``deadline`` (TimeoutError after). Before, a batch of over 200 KB
+        raised BlockingIOError under uvloop, and a healthy process was killed for it."""
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        fd = self.conn.fileno()
+        while view:
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                await self._writable(fd, deadline)
+                continue
+            view = view[written:]
+
+    async def _writable(self, fd: int, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        room: asyncio.Future[None] = loop.create_future()
+
+        def writable() -> None:
+            if not room.done():
+                room.set_result(None)
+
+        loop.add_writer(fd, writable)
+        try:
+            await asyncio.wait_for(room, max(deadline - time.monotonic(), 0.001))
+        finally:
+            loop.remove_writer(fd)
 
     def arm(self, budget_ms: float, grace_ms: float) -> None:
         """A run starts (or is about to): the watchdog's deadline and CPU baseline are this run's."""
