@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,9 +62,12 @@ class Script:
 
     @cached_property
     def key(self) -> str:
-        """Identity of this exact code and configuration: warm contexts are cached under it."""
-        digest = hashlib.blake2b(self.source.encode(), digest_size=8).hexdigest()
-        return f"{self.account}/{self.name}@{self.version}:{self.type}:{digest}"
+        """Identity of this exact code and configuration: warm contexts are cached under it, and a
+        script is backed off under it. The account and name are quoted (JSON), so no pair of them can
+        spell another pair's key, and the digest covers everything a context is built from."""
+        built_from = json.dumps([self.source, sorted(self.env.items()), self.memory_mb])
+        digest = hashlib.blake2b(built_from.encode(), digest_size=8).hexdigest()
+        return f"{json.dumps([self.account, self.name])}@{self.version}:{self.type}:{digest}"
 
 
 @dataclass(frozen=True)

@@ -577,3 +577,13 @@ async def test_the_victim_kept_its_pace(victim: Any) -> None:
     await asyncio.sleep(0.3)
     assert len(victim.latencies_ms) > 10
     assert max(victim.latencies_ms) < 1000
+
+
+async def test_script_keys_never_collide_across_accounts_or_configurations() -> None:
+    # contexts are cached and scripts backed off under the key: "a/b" + "c" must not be "a" + "b/c",
+    # and a context built with other limits or environment is another context
+    assert Script(name="c", source="x", account="a/b").key != Script(name="b/c", source="x", account="a").key
+    assert Script(name="n", source="x", memory_mb=50).key != Script(name="n", source="x", memory_mb=400).key
+    assert (
+        Script(name="n", source="x", env={"A": "1"}).key != Script(name="n", source="x", env={"A": "2"}).key
+    )
