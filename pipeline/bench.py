@@ -95,7 +95,8 @@ ROUTING_VARS: dict[str, Any] = {
     }
 }
 
-#: the echo's librdkafka settings (low-latency: FACTS.md); the worker's are in pipeline.worker.consumer_config
+#: the echo's librdkafka settings (low-latency: docs/dependencies.md); the worker's are in
+#: pipeline.worker.consumer_config
 ECHO_CONSUMER = {
     "enable.auto.commit": True,
     "auto.commit.interval.ms": 500,

@@ -1,7 +1,7 @@
 """The routing engine's client library: one request/reply invocation of a script through Kafka.
 
 Each client instance owns a reply topic (one partition, created on start, deleted on close) read with
-``assign()``, not a consumer group, so starting a client never waits for a rebalance (FACTS.md). A
+``assign()``, not a consumer group, so starting a client never waits for a rebalance (docs/dependencies.md). A
 lone request goes out at once and a burst goes out batched (pipeline/producers.py), and the reply
 consumer's fetch wait is 10 ms: the latency of a call is what matters.
 

@@ -2,7 +2,8 @@
 
 Topics are created explicitly (never broker auto-creation): Faust checks that partition counts match
 what it declares, and a broker auto-creating with 1 partition would break the invocations topic's
-per-script partitioning (FACTS.md). ``ensure_topics`` is idempotent: existing topics are left alone.
+per-script partitioning (docs/dependencies.md). ``ensure_topics`` is idempotent: existing topics are
+left alone.
 """
 
 from __future__ import annotations

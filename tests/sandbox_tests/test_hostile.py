@@ -283,8 +283,8 @@ DEEP_JSON = [
         RUNTIME,
         MEMORY,
     ),
-    # QuickJS 2021's JSON.stringify of this kills its process (SIGSEGV, FACTS.md): a crash outcome is
-    # acceptable here as long as the pool replaces the process; a clear runtime error is better
+    # QuickJS 2021's JSON.stringify of this kills its process (SIGSEGV, docs/dependencies.md): a crash
+    # outcome is acceptable here as long as the pool replaces the process; a clear runtime error is better
     case(
         "deep_output_stringified",
         "function main() {"

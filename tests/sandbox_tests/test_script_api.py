@@ -1,4 +1,4 @@
-"""Every behaviour of /work/shared/SCRIPT-API.md, one small test each, with exact expected values."""
+"""Every behaviour of the script API (docs/script-api.md), one small test each, with exact expected values."""
 
 from __future__ import annotations
 
