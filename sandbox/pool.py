@@ -54,7 +54,7 @@ _PROBE = "\x00probe"
 
 @dataclass(frozen=True)
 class PoolConfig:
-    processes: int = 0  # 0: cores + 2, so two hostile scripts cannot take every process
+    processes: int = 0  # 0: cores + 2
     #: the child reports its own timeouts; the parent kills it this long after the deadline
     grace_ms: float = 50.0
     #: address space a sandbox process may add to what it has at start (RLIMIT_AS); its warm
@@ -100,7 +100,8 @@ class _Stats:
     violations: int = 0
     recycled: int = 0
     backed_off: int = 0
-    forks: list[float] = field(default_factory=list)
+    #: how long the last forks of a fresh process took, ready to run (s)
+    forks: deque[float] = field(default_factory=lambda: deque(maxlen=100))
 
 
 class SandboxPool:
@@ -273,9 +274,13 @@ class SandboxPool:
         )
         if proc is None:
             proc = await self._wait_in_line(account, key, deadline)
-        if proc is not None and not proc.alive and not await self._recycle(proc, deadline):
+        if proc is None:
+            return None
+        if not proc.alive and not await self._recycle(proc, deadline):
             self._release(proc)
             return None
+        if account in self._heavy:
+            proc.set_heavy(True)
         return proc
 
     async def _wait_in_line(self, account: str, key: str, deadline: float) -> SandboxProcess | None:
@@ -331,20 +336,15 @@ class SandboxPool:
             self._stats.recycled += 1
             proc.kill()  # the next account never shares a process with the last one
         proc.account = account
-        if account in self._heavy:
-            proc.set_heavy(True)
         return proc
 
     async def _recycle(self, proc: SandboxProcess, deadline: float) -> bool:
         """A fresh process in ``proc``'s slot for the account it was just given."""
-        account = proc.account
         try:
             await asyncio.wait_for(self._fork_into(proc), max(deadline - time.monotonic(), 0.001))
         except Exception as exc:  # no process in time: the run waits no longer
             log.warning("could not start a sandbox process for a run: %s", exc)
-            proc.account = account
             return False
-        proc.account = account
         return True
 
     def _release(self, proc: SandboxProcess) -> None:
@@ -382,7 +382,6 @@ class SandboxPool:
         forked = await self._template.fork(self.config.spawn_timeout_s)
         await proc.attach(forked, self.config.spawn_timeout_s, self._died_idle)
         self._stats.forks.append(time.perf_counter() - started)
-        del self._stats.forks[:-100]
 
     def _died_idle(self, proc: SandboxProcess) -> None:
         """A process died while no run was using it (killed from outside, or crashed on its own)."""
@@ -424,19 +423,21 @@ class SandboxPool:
             elif now - idle_since > WATCHDOG_LINGER_S:
                 return
 
+    def _waiting(self) -> list[str]:
+        return [account for account, queue in self._queues.items() if queue]
+
     def _several_accounts(self) -> bool:
         """Whether more than one account uses the pool (alone, an account has nobody to share with)."""
-        owners = {p.account for p in self._procs if p.busy}
-        return len(owners) + len(self._queues) > 1 or len(self._fair.active(time.monotonic(), ())) > 1
+        return len(self._fair.active(time.monotonic(), self._waiting())) > 1
 
     def _prioritise(self, now: float) -> None:
         """Samples each account's CPU use: the heavy ones' processes run in SCHED_IDLE, and the runs of
-        those that use more than half their part of this pool's thread wait until their use falls."""
+        those that use more than PARENT_FRACTION of their part of this pool's thread wait until their
+        use falls."""
         live = [p for p in self._procs if p.alive and p.account is not None]
         self._cpu.sample(now, ((p.pid, p.account or "", p.cpu_ns()) for p in live))
         self._parent_use.update(now)
-        waiting = [a for a, q in self._queues.items() if q]
-        active = self._fair.active(now, waiting)
+        active = self._fair.active(now, self._waiting())
         self._heavy = self._cpu.heavy(active)
         self._held_back = self._parent_use.over(1.0, active, PARENT_FRACTION)
         for p in live:
@@ -495,7 +496,7 @@ class SandboxPool:
                     state = runs[index]
                     batch = decode_calls(msg[1:], state.calls, state.call_bytes)
                     state.calls += len(batch.calls)
-                    state.call_bytes += batch.chars
+                    state.call_bytes += batch.size
                     if state.session is None:
                         state.session = self._session(script, invocations[index])
                     results = await self._host_calls(state.session, batch.calls, proc.hard_deadline)
@@ -507,45 +508,40 @@ class SandboxPool:
                     raise ProtocolViolation(f"an unknown message kind {kind!r}")
                 self._parent_use.add(script.account, time.perf_counter() - spent)
             return count
-        except TimeoutError:
-            proc.kill()
-            self._killed(script, Reason.TIMEOUT)
-            why = f"run exceeded its time limit of {budgets[index]:.0f} ms (sandbox process replaced)"
-            await _end(runs[index], index, _cut_short(proc, Reason.TIMEOUT, 408, why), on_outcome)
+        except Exception as exc:  # the run ended early: its process is not trusted again
+            outcome = await self._ended_early(proc, script, exc, budgets[index])
+            await _end(runs[index], index, outcome, on_outcome)
             return index + 1
-        except ProtocolViolation as exc:
-            proc.kill()
+        finally:
+            if index < count and proc.alive:
+                proc.kill()  # left mid-batch (cancelled): its later reports have no reader
+            proc.disarm()
+
+    async def _ended_early(
+        self, proc: SandboxProcess, script: Script, exc: Exception, budget_ms: float
+    ) -> Outcome:
+        """The outcome of a run whose process was killed, died, broke the protocol, or failed on the
+        pool's side; the process is killed in every case (it is replaced)."""
+        proc.kill()
+        if isinstance(exc, TimeoutError):
+            self._killed(script, Reason.TIMEOUT)
+            why = f"run exceeded its time limit of {budget_ms:.0f} ms (sandbox process replaced)"
+            return _cut_short(proc, Reason.TIMEOUT, 408, why)
+        if isinstance(exc, ProtocolViolation):
             self._stats.violations += 1
             self._killed(script, Reason.CRASH)
             log.warning(
                 "sandbox process %d of account %r broke the protocol: %s", proc.pid, script.account, exc
             )
             why = f"the sandbox process broke the protocol ({exc}) while running the script"
-            await _end(
-                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
-            )
-            return index + 1
-        except (EOFError, OSError):
-            proc.kill()
+        elif isinstance(exc, EOFError | OSError):
             self._killed(script, Reason.CRASH)
             status = await self._template.exit_status(proc.pid)
             why = f"the sandbox process died ({_describe_exit(status)}) while running the script"
-            await _end(
-                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
-            )
-            return index + 1
-        except Exception as exc:  # a fault of the host side: answered, and the process not trusted again
-            proc.kill()
-            log.exception("sandbox run of %s failed in the pool", script.key)
+        else:  # a fault of the host side
+            log.error("sandbox run of %s failed in the pool", script.key, exc_info=exc)
             why = f"sandbox error: {type(exc).__name__}: {exc}"
-            await _end(
-                runs[index], index, _cut_short(proc, Reason.CRASH, 500, why, process_died=True), on_outcome
-            )
-            return index + 1
-        finally:
-            if index < count and proc.alive:
-                proc.kill()  # left mid-batch (cancelled): its later reports have no reader
-            proc.disarm()
+        return _cut_short(proc, Reason.CRASH, 500, why, process_died=True)
 
     def _killed(self, script: Script, reason: Reason) -> None:
         self._stats.kills += 1

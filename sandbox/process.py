@@ -60,7 +60,6 @@ class SandboxProcess:
         self.conn = Connection(forked.channel_fd)
         os.set_blocking(forked.channel_fd, False)
         self.pid, self._pidfd = forked.pid, forked.pidfd
-        self.account = None
         self.warm.clear()
         self._inbox.clear()
         self._buffer.clear()
@@ -271,10 +270,6 @@ class SandboxProcess:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
             self._pidfd = -1
-
-    @property
-    def violation(self) -> str | None:
-        return self._violation
 
 
 def _expire(fut: asyncio.Future[bytes]) -> None:

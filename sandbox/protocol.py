@@ -61,7 +61,7 @@ class Done:
 class CallBatch:
     tag: bytes
     calls: list[HostCall] = field(default_factory=list)
-    chars: int = 0
+    size: int = 0  # bytes of the calls' JSON
 
 
 def loads(data: bytes | str) -> Any:
@@ -146,17 +146,17 @@ def _runner_error(error: dict[str, Any], logs: list[dict[str, str]], duration: f
     )
 
 
-def decode_calls(msg: bytes, calls_so_far: int, chars_so_far: int) -> CallBatch:
+def decode_calls(msg: bytes, calls_so_far: int, bytes_so_far: int) -> CallBatch:
     """A ``C`` message (the kind byte already stripped): the run's next host calls, checked against
     the table of methods and the per-run bounds (``*_so_far``: what the run already sent)."""
     tag, _, body = msg.partition(b"\n")
-    batch = CallBatch(tag=tag, chars=len(body))
+    batch = CallBatch(tag=tag, size=len(body))
     items = loads(body)
     if not isinstance(items, list) or not items:
         raise ProtocolViolation("host calls that are not a non-empty list")
     if calls_so_far + len(items) > MAX_HOST_CALLS:
         raise ProtocolViolation(f"more than {MAX_HOST_CALLS} host calls in one run")
-    if chars_so_far + batch.chars > 3 * (MAX_RUN_CALL_CHARS + 64 * MAX_HOST_CALLS):
+    if bytes_so_far + batch.size > 3 * (MAX_RUN_CALL_CHARS + 64 * MAX_HOST_CALLS):
         raise ProtocolViolation("host calls larger than a run may send")
     for item in items:
         if not isinstance(item, list) or len(item) != 3:

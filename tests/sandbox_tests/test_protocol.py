@@ -528,7 +528,7 @@ def test_valid_batch_of_host_calls() -> None:
     batch = decode_calls(b'{"run_id":4}\n' + body, 0, 0)
     assert isinstance(batch, CallBatch)
     assert batch.tag == b'{"run_id":4}'
-    assert batch.chars == len(body)
+    assert batch.size == len(body)
     assert batch.calls == [
         HostCall(1, "datastore.get", ["k"]),
         HostCall(2, "lookup.tps", ["15551234567"]),
@@ -570,10 +570,10 @@ def test_a_single_batch_over_the_host_call_limit() -> None:
     assert len(decode_calls(calls_msg(items[:-1]), 0, 0).calls) == MAX_HOST_CALLS
 
 
-def test_host_call_bytes_count_chars_so_far() -> None:
+def test_host_call_bytes_count_bytes_so_far() -> None:
     msg = calls_msg([[1, "datastore.get", ["k"]]])
     body_len = len(msg.partition(b"\n")[2])
-    assert decode_calls(msg, 0, RUN_CALL_BYTES - body_len).chars == body_len
+    assert decode_calls(msg, 0, RUN_CALL_BYTES - body_len).size == body_len
     with pytest.raises(ProtocolViolation):
         decode_calls(msg, 0, RUN_CALL_BYTES - body_len + 1)
 
