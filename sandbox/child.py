@@ -109,10 +109,10 @@ def build_filter() -> pyseccomp.SyscallFilter:
 
 def serve(conn: Connection, config: dict[str, Any], flt: pyseccomp.SyscallFilter | None) -> None:
     """Entry point of a sandbox process, just forked: lock down, say ready, serve until EOF."""
-    lock_down(conn.fileno(), int(config.get("address_space_mb", 2048)), flt)
+    lock_down(conn.fileno(), int(config["address_space_mb"]), flt)
     conn.send_bytes(b"R" + orjson.dumps({"pid": os.getpid()}))
     with contextlib.suppress(EOFError, OSError):
-        _serve(conn, int(config.get("memory_budget_mb", 1792)))
+        _serve(conn, int(config["memory_budget_mb"]))
     os._exit(0)
 
 

@@ -183,6 +183,10 @@ class SandboxPool:
         """How long the last (up to 100) forks of a fresh process took, in ms, ready to run."""
         return [round(s * 1000.0, 3) for s in self._stats.forks]
 
+    def cpu_s(self) -> float:
+        """CPU seconds the live sandbox processes have used (the watchdog's own reading of each)."""
+        return sum(p.cpu_ns() for p in self._procs if p.alive) / 1e9
+
     def processes(self) -> list[tuple[int, str | None]]:
         """(pid, account) of each live sandbox process: which account each one serves."""
         return [(p.pid, p.account) for p in self._procs if p.alive]

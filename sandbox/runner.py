@@ -109,9 +109,6 @@ class ScriptRunner:
                 if old not in self._contexts:
                     del self._specs[old]
 
-    def warm_keys(self) -> list[str]:
-        return list(self._contexts)
-
     def run(self, req: RunRequest) -> RunResult:
         started = time.monotonic()
         deadline = started + req.budget_ms / 1000.0

@@ -70,19 +70,6 @@ _ECHO_CHILD = (
 )
 
 
-def pool_cpu_s(pool: SandboxPool) -> float:
-    """User + system CPU seconds of the pool's live sandbox processes (read from /proc)."""
-    total = 0
-    for pid, _account in pool.processes():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     n = len(ordered)
@@ -250,10 +237,10 @@ async def _costed(
 ) -> dict[str, float]:
     """Latency of ``n`` runs ``gap_s`` apart, and the CPU microseconds per run spent by this process
     (the pool's side) and by the sandbox processes."""
-    parent0, sandbox0 = time.process_time(), pool_cpu_s(pool)
+    parent0, sandbox0 = time.process_time(), pool.cpu_s()
     samples = await _timed(n, step, gap_s)
     parent_us = (time.process_time() - parent0) / n * 1e6
-    sandbox_us = (pool_cpu_s(pool) - sandbox0) / n * 1e6
+    sandbox_us = (pool.cpu_s() - sandbox0) / n * 1e6
     return {
         **percentiles(samples),
         "parent_cpu_us": round(parent_us, 1),

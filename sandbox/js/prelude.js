@@ -37,7 +37,6 @@
   const RealDate = Date;
   const StringCtor = String;
   const NumberCtor = Number;
-  const isFiniteNumber = Number.isFinite;
   const isInteger = Number.isInteger;
   const mathImul = Math.imul;
   const ErrorCtor = Error;
