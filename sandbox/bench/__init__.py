@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from sandbox.bench.figures import percentiles
 from sandbox.bench.neighbours import account_costs, beside_attacks, format_attacks
 from sandbox.pool import SandboxPool
 from sandbox.runner import RunRequest, ScriptRunner, ScriptSpec
@@ -68,16 +68,6 @@ _ECHO_CHILD = (
     "    except EOFError:\n"
     "        break\n"
 )
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    n = len(ordered)
-    return {
-        "p50_us": round(ordered[n // 2] * 1e6, 1),
-        "p99_us": round(ordered[min(n - 1, int(n * 0.99))] * 1e6, 1),
-        "mean_us": round(statistics.fmean(ordered) * 1e6, 1),
-    }
 
 
 async def _timed(n: int, step: Callable[[int], Awaitable[Any]], gap_s: float = 0.0) -> list[float]:

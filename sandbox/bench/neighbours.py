@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.bench.figures import percentiles
 from sandbox.local import LocalHost
 from sandbox.pool import SandboxPool
 from sandbox.types import Invocation, Outcome, Script
@@ -127,19 +128,6 @@ ATTACKS = [
 ]
 
 
-def _p(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def _figures(samples_s: list[float]) -> dict[str, float]:
-    return {
-        "p50_us": round(_p(samples_s, 0.5) * 1e6, 1),
-        "p99_us": round(_p(samples_s, 0.99) * 1e6, 1),
-        "runs": len(samples_s),
-    }
-
-
 async def account_costs(processes: int, n: int = 300) -> dict[str, Any]:
     """Fork time, and runs of an account with a process (warm, cold) or without one (recycled)."""
     async with SandboxPool(processes=processes or None) as pool:
@@ -176,9 +164,9 @@ async def account_costs(processes: int, n: int = 300) -> dict[str, Any]:
         forks = pool.fork_ms()
     return {
         "fork_ms_p50": round(statistics.median(forks), 2) if forks else None,
-        "warm": _figures(warm),
-        "cold": _figures(cold),
-        "account_switch": _figures(switched),
+        "warm": percentiles(warm),
+        "cold": percentiles(cold),
+        "account_switch": percentiles(switched),
         "recycled": recycled,
     }
 
@@ -215,11 +203,12 @@ async def beside_attacks(processes: int, seconds: float = 2.0, gap_s: float = 0.
             stop.set()
             attacker_runs = sum(await asyncio.gather(*lanes))
             after = pool.stats()
+            alone_figures, beside_figures = percentiles(alone), percentiles(beside)
             results[attack.name] = {
                 "what": attack.what,
-                "alone": _figures(alone),
-                "beside": _figures(beside),
-                "p99_ratio": round(_p(beside, 0.99) / _p(alone, 0.99), 2),
+                "alone": alone_figures,
+                "beside": beside_figures,
+                "p99_ratio": round(beside_figures["p99_us"] / alone_figures["p99_us"], 2),
                 "victim_wrong": wrong,
                 "attacker_runs": attacker_runs,
                 "kills": after["kills"] - before["kills"],
