@@ -264,8 +264,8 @@ def _run_batch(
 
 
 def _refused(run_id: int, reason: str, code: int, message: str) -> bytes:
-    error = {"reason": reason, "code": code, "message": message}
-    return b"D" + orjson.dumps({"run_id": run_id, "ms": 0.0, "error": error}) + b"\n"
+    """The ``D`` of a run not started (expired, unreadable variables)."""
+    return _done(run_id, RunResult(error={"reason": reason, "code": code, "message": message}))
 
 
 def _done(run_id: int, result: RunResult) -> bytes:
