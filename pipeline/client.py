@@ -149,7 +149,7 @@ class InvocationClient:
         while True:
             try:
                 self._producer.produce(
-                    self.topics.invocations, key=request.script.encode(), value=payload, headers=headers
+                    self.topics.invocations, key=request.kafka_key, value=payload, headers=headers
                 )
                 break
             except BufferError:  # local queue full: let librdkafka deliver some first

@@ -41,6 +41,17 @@ class BrokerError(ScriptForgeError):
     retriable = True
 
 
+class DeliveryError(BrokerError):
+    """A record was not delivered. ``code`` is librdkafka's error name (``MSG_SIZE_TOO_LARGE``,
+    ``UNKNOWN_TOPIC_OR_PART``, ``_MSG_TIMED_OUT``, ...). Not ``retriable`` when the same record to the
+    same topic would fail the same way (too large, no such topic, not allowed): the caller must send
+    something else, or elsewhere, instead of trying again."""
+
+    def __init__(self, message: str, *, code: str, retriable: bool) -> None:
+        super().__init__(message, retriable=retriable)
+        self.code = code
+
+
 class NotAvailableError(ScriptForgeError):
     """A command or capability that is not built yet."""
 

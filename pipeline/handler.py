@@ -4,13 +4,22 @@ A lane hands ``InvocationHandler.handle_many`` one script's requests in offset o
 answered ``expired`` when its deadline has passed, and looked up in the registry view; a script that is
 not deployed or is stopped is answered without running. The runnable ones go to the SandboxPool as
 batches of one script version, run in order in one sandbox process, and each reply is produced keyed by
-call id as its run ends. Every failure (garbage bytes, an unknown schema, a sandbox crash, a reply that
-cannot be delivered) becomes a reply and/or a dead-letter record here, never an exception for the lane.
+call id as its run ends. Every failure (garbage bytes, an unknown schema, a request too large or keyed
+for another script, a sandbox crash, a reply that cannot be delivered) becomes a reply and/or a
+dead-letter record here, never an exception for the lane. The one exception: a dead letter the broker
+does not take (it is unreachable); the lane then tries again and finally calls ``abandon``.
+
+A dead letter carries the original record whole when it fits ``max_dead_letter_bytes`` and the
+dead-letter topic takes it; otherwise it is a *reference*: where the record is, its size, its first
+``REFERENCE_BYTES`` bytes and why (``DeadLetter.value_truncated``). So no record, whatever its size or
+bytes, can stop its lane.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +31,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from pipeline import metrics
 from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
 from pipeline.codec import codec
-from pipeline.errors import BrokerError, CodecError
+from pipeline.errors import BrokerError, CodecError, DeliveryError
 from pipeline.lanes import TP
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition, ScriptState
 from pipeline.registry import ScriptRegistry
@@ -41,6 +50,10 @@ _DEAD = codec(DeadLetter)
 REPLY_TRIES = 3
 #: how long a lookup that finds nothing may wait for the registry view to catch up
 LOOKUP_CATCH_UP = 2.0
+#: bytes of the original value (and of its key, and of each header) a reference dead letter keeps
+REFERENCE_BYTES = 1024
+#: headers a reference dead letter keeps
+REFERENCE_HEADERS = 32
 
 
 def now_ms() -> int:
@@ -235,6 +248,16 @@ class InvocationHandler:
     async def _check(
         self, msg: Any, request: InvocationRequest, received: int
     ) -> _Job | asyncio.Future[None]:
+        size, limit = len(msg.value or b""), self.settings.max_request_bytes
+        if size > limit:
+            detail = (
+                f"invalid input: the request is {size:,} bytes, over the limit of {limit:,} "
+                "(SCRIPTFORGE_MAX_REQUEST_BYTES)"
+            )
+            outcome = Outcome.failure(Reason.RUNTIME, 413, detail)
+            return self._reply(msg, request, outcome, request.version, received, received)
+        if msg.key != request.kafka_key:
+            return await self._miskeyed(msg, request, received)
         if request.deadline_ms <= received:
             metrics.EXPIRED.inc()
             late = received - request.deadline_ms
@@ -248,6 +271,19 @@ class InvocationHandler:
             outcome = refusal or Outcome.failure(Reason.NOT_FOUND, 404, "no such script")
             return self._reply(msg, request, outcome, request.version, received, received)
         return _Job(msg, request, definition, received)
+
+    async def _miskeyed(self, msg: Any, request: InvocationRequest, received: int) -> asyncio.Future[None]:
+        """A request keyed for another script (or not keyed) sits in another script's lane and maybe
+        partition: run, it would break its own script's order without a word. It is answered with an
+        error and dead-lettered, so the producer's bug shows at once (docs/pipeline.md)."""
+        got = "no key" if msg.key is None else f"the key {bytes(msg.key)[:64]!r}"
+        detail = (
+            f"invalid input: the request for script {request.script!r} has {got}; requests must be keyed "
+            f"{request.kafka_key!r} so that one script's requests stay in order"
+        )
+        await self._dead_letter(msg, "miskeyed", detail, request.attempt + 1, request.call_id)
+        outcome = Outcome.failure(Reason.RUNTIME, 400, detail)
+        return self._reply(msg, request, outcome, request.version, received, received, counted=False)
 
     async def _lookup_caught_up(self, request: InvocationRequest) -> ScriptDefinition | None:
         """Look up again once the registry view has read everything published so far: a script
@@ -347,13 +383,14 @@ class InvocationHandler:
         return _Reply(self, msg, request, outcome if counted else None, _REPLIES.encode(reply)).send()
 
     async def resend(self, reply: _Reply, error: BaseException) -> None:
-        """A reply's delivery failed: try again, then dead-letter the request when it never goes out."""
+        """A reply's delivery failed: try again (unless the same send cannot succeed: too large, no such
+        topic), then dead-letter the request when it never goes out."""
         request = reply.request
         for attempt in range(1, REPLY_TRIES + 1):
             log.warning(
                 "reply %s to %s failed (try %d): %s", request.call_id, request.reply_topic, attempt, error
             )
-            if attempt == REPLY_TRIES:
+            if attempt == REPLY_TRIES or not getattr(error, "retriable", True):
                 break
             await asyncio.sleep(0.2 * attempt)
             try:
@@ -367,7 +404,7 @@ class InvocationHandler:
             await self._dead_letter(
                 reply.msg,
                 "reply_undeliverable",
-                f"reply topic {request.reply_topic!r} did not take the reply",
+                f"reply topic {request.reply_topic!r} did not take the reply: {error}",
                 request.attempt + 1,
                 request.call_id,
             )
@@ -396,16 +433,51 @@ class InvocationHandler:
         stub = _stub_request(call_id, script, reply_topic)
         return self._reply(msg, stub, outcome, None, received, received, counted=False)
 
+    async def abandon(self, msg: Any, error: BaseException) -> None:
+        """The lane's last word on a request whose output kept failing (pipeline/lanes.py): dead-letter
+        it with the reason, and answer it when it says where. Raises only when the dead letter is not
+        delivered (the broker takes nothing); the reply is best effort, the dead letter holds the
+        request."""
+        received = now_ms()
+        headers = _headers(msg.headers)
+        call_id, reply_topic = headers.get(HEADER_CALL_ID), headers.get(HEADER_REPLY_TOPIC)
+        request: InvocationRequest | None = None
+        with contextlib.suppress(CodecError):
+            request = _REQUESTS.decode(msg.value)
+            call_id, reply_topic = request.call_id, request.reply_topic
+        detail = f"its output failed repeatedly: {error}"
+        await self._dead_letter(
+            msg, "output_failed", detail, 0 if request is None else request.attempt + 1, call_id
+        )
+        if not (call_id and reply_topic):
+            return
+        stub = request or _stub_request(call_id, (msg.key or b"").decode(errors="replace"), reply_topic)
+        outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {detail}")
+        reply = InvocationReply.for_request(
+            stub,
+            outcome,
+            worker=self.worker_id,
+            received_ms=received,
+            started_ms=received,
+            finished_ms=now_ms(),
+            version=None,
+        )
+        self.output.send_then(reply_topic, call_id.encode(), _REPLIES.encode(reply), _ignore)
+
     async def _dead_letter(
         self, msg: Any, reason: str, detail: str, attempts: int, call_id: str | None
     ) -> None:
+        """Dead-letter ``msg`` whole, or as a reference when it is too large for that; raises
+        DeliveryError only when the dead-letter topic takes neither (the broker is unreachable)."""
+        value = bytes(msg.value or b"")
         record = DeadLetter(
             reason=reason,
             detail=detail[:4000],
             source_topic=msg.topic,
             source_partition=msg.partition,
             source_offset=msg.offset,
-            original_value=bytes(msg.value or b""),
+            original_value=value,
+            original_size=len(value),
             attempts=attempts,
             failed_ms=now_ms(),
             worker=self.worker_id,
@@ -414,9 +486,39 @@ class InvocationHandler:
             original_headers=list(_header_pairs(msg.headers)),
             call_id=call_id,
         )
-        # not caught: if the dead-letter topic cannot take it either, the lane handles the request again
-        await self.output.send(self.topics.dlq, (call_id or "").encode(), _DEAD.encode(record))
+        encoded = _DEAD.encode(record)
+        limit = self.settings.max_dead_letter_bytes
+        if len(encoded) > limit:
+            record = _reference(record, f"its dead letter would be {len(encoded):,} bytes, over {limit:,}")
+            encoded = _DEAD.encode(record)
+        key = (call_id or "").encode()
+        try:
+            await self.output.send(self.topics.dlq, key, encoded)
+        except DeliveryError as exc:
+            if exc.retriable or record.value_truncated:
+                raise
+            record = _reference(record, f"the dead-letter topic refused it whole: {exc}")
+            await self.output.send(self.topics.dlq, key, _DEAD.encode(record))
         metrics.DEAD_LETTERED.labels(reason).inc()
+
+
+def _reference(record: DeadLetter, why: str) -> DeadLetter:
+    """``record`` as a reference: what locates the original and its first bytes, not the whole."""
+    headers = [
+        (k[:REFERENCE_BYTES], v if v is None else v[:REFERENCE_BYTES]) for k, v in record.original_headers
+    ]
+    return dataclasses.replace(
+        record,
+        detail=f"{record.detail} [a reference, not the whole record: {why}]"[:4000],
+        original_value=record.original_value[:REFERENCE_BYTES],
+        original_key=None if record.original_key is None else record.original_key[:REFERENCE_BYTES],
+        original_headers=headers[:REFERENCE_HEADERS],
+        value_truncated=True,
+    )
+
+
+def _ignore(_error: BaseException | None) -> None:
+    """A best-effort send's report: nothing more to do either way."""
 
 
 def _refusal(request: InvocationRequest, definition: ScriptDefinition | None) -> Outcome | None:

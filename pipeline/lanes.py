@@ -16,6 +16,14 @@ order; replies need no order among themselves (each call has its own, keyed by i
 
 The worker (pipeline/worker.py) reads ``advanced()`` on a timer to commit, and ``release()`` on a
 revocation to wait (bounded) for the revoked partitions' requests and commit them once more.
+
+Nothing stops a lane for good. The handler turns every failure of a request into a reply or a dead
+letter, so what reaches the lanes is a failure of the output path itself (the broker refusing or not
+taking records). A batch or an event is tried ``max_tries`` times with growing pauses, then *given up
+on*: ``give_up(event, error)`` answers and dead-letters it (pipeline/handler.py). Only when even that
+fails, which means the broker takes nothing at all, does the lane keep trying, at most every
+``MAX_RETRY_DELAY`` s: then no lane could move anyway, and waiting loses nothing. Each failure raises an
+alarm (pipeline/alarms.py).
 """
 
 from __future__ import annotations
@@ -28,7 +36,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
+from pipeline.alarms import Alarm, Summary
+from pipeline.errors import BrokerError
+
 log = logging.getLogger(__name__)
+_summary = Summary(log)
+_retrying = Alarm("lane_retry", _summary)
+_given_up = Alarm("lane_gave_up", _summary)
 
 #: a handler of one event: returns None when the event is finished, else a future (its tail: the
 #: delivery of its reply) that completes when it is
@@ -36,9 +50,16 @@ Tail = asyncio.Future[None] | None
 HandleOne = Callable[[Any], Awaitable[Tail]]
 #: a handler of a lane's batch (consecutive events of one lane, in order): one tail per event
 Handle = Callable[[list[Any]], Awaitable[list[Tail]]]
+#: gives up on an event its handler failed on ``max_tries`` times (answers and dead-letters it); returns
+#: once that is done, raises when it could not be
+GiveUp = Callable[[Any, BaseException], Awaitable[None]]
 
 #: most events of one lane handed to the handler at once
 MAX_BATCH = 32
+#: tries of a batch, or of an event whose output failed, before its events are given up on
+MAX_TRIES = 4
+#: the longest pause between two tries (they double from ``retry_delay``)
+MAX_RETRY_DELAY = 10.0
 
 
 def each(handle_one: HandleOne) -> Handle:
@@ -103,23 +124,28 @@ class Lanes:
     A lane hands the events queued on it to ``handle(events)`` together (up to ``max_batch``, in
     order), so a busy script's requests go to the sandbox as batches instead of one wake-up each.
     ``handle`` is expected never to raise (it turns every failure into a reply); should it raise
-    anyway, the batch is handled again after ``retry_delay`` (events already answered may be answered
-    twice: at-least-once), and an event whose tail fails is handled again alone, rather than counted
-    finished, since committing past it would lose it. ``dispatch`` never waits: the caller applies
+    anyway, the batch is handled again after a pause (events already answered may be answered twice:
+    at-least-once), and an event whose tail fails is handled again alone, rather than counted
+    finished, since committing past it would lose it. After ``max_tries`` the events are handed to
+    ``give_up`` (see the module's docstring). ``dispatch`` never waits: the caller applies
     backpressure (the worker pauses its partitions) from ``in_flight`` and ``on_in_flight``.
     """
 
     def __init__(
         self,
         handle: Handle,
+        give_up: GiveUp,
         *,
         retry_delay: float = 1.0,
+        max_tries: int = MAX_TRIES,
         on_in_flight: Callable[[int], None] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._handle = handle
+        self._give_up = give_up
         self._max_batch = max_batch
         self._retry_delay = retry_delay
+        self._max_tries = max_tries
         self._queues: dict[Hashable, deque[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[Hashable, PartitionAcks] = {}
@@ -160,15 +186,46 @@ class Lanes:
                 del self._queues[lane]
                 return
 
+    def _pause(self, tries: int) -> float:
+        return min(self._retry_delay * 2 ** (tries - 1), MAX_RETRY_DELAY)
+
     async def _handle_until_done(self, events: list[Any]) -> list[Tail]:
-        while True:
+        """The batch's tails; after ``max_tries`` failed tries each event is given up on (finished)."""
+        for tries in range(1, self._max_tries + 1):
             try:
                 return await self._handle(events)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("handling events failed; retrying them in %.1f s", self._retry_delay)
-                await asyncio.sleep(self._retry_delay)
+            except Exception as exc:
+                error: Exception = exc
+                self._failed(f"handling a batch of {len(events)}", tries, exc)
+            if tries < self._max_tries:
+                await asyncio.sleep(self._pause(tries))
+        for event in events:
+            await self._give_up_until_done(event, error)
+        return [None] * len(events)
+
+    def _failed(self, what: str, tries: int, exc: BaseException) -> None:
+        last = tries >= self._max_tries
+        after = "giving up on it" if last else f"try {tries + 1} in {self._pause(tries):.1f} s"
+        _retrying.raise_("%s failed (try %d of %d; %s): %s", what, tries, self._max_tries, after, exc)
+        if not isinstance(exc, BrokerError):  # the output path's own failures need no traceback
+            log.error("%s failed with an unexpected error", what, exc_info=exc)
+
+    async def _give_up_until_done(self, event: Any, error: BaseException) -> None:
+        """``give_up`` fails only while the broker takes nothing: then nothing else could move either,
+        and trying again (at most every MAX_RETRY_DELAY s) is all there is to do."""
+        tries = 0
+        while True:
+            try:
+                await self._give_up(event, error)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                tries += 1
+                _given_up.raise_("giving up on an event failed too (try %d), trying again: %s", tries, exc)
+                await asyncio.sleep(self._pause(tries))
 
     def _tail_done(self, event: Any, acks: PartitionAcks, entry: _Entry, tail: asyncio.Future[None]) -> None:
         if tail.cancelled():
@@ -177,23 +234,27 @@ class Lanes:
         if exc is None:
             self._complete(acks, entry)
             return
-        log.error("an event's output failed (%s); handling it again in %.1f s", exc, self._retry_delay)
-        self._spawn(self._retry(event, acks, entry))
+        self._failed("an event's output", 1, exc)
+        self._spawn(self._retry(event, acks, entry, exc))
 
-    async def _retry(self, event: Any, acks: PartitionAcks, entry: _Entry) -> None:
-        while True:
-            await asyncio.sleep(self._retry_delay)
+    async def _retry(self, event: Any, acks: PartitionAcks, entry: _Entry, error: BaseException) -> None:
+        """An event whose output failed: handled again alone, then given up on."""
+        for tries in range(2, self._max_tries + 1):
+            await asyncio.sleep(self._pause(tries - 1))
             try:
                 (tail,) = await self._handle([event])
                 if tail is not None:
                     await tail
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("handling an event failed again; retrying it in %.1f s", self._retry_delay)
+            except Exception as exc:
+                error = exc
+                self._failed("handling an event again", tries, exc)
                 continue
             self._complete(acks, entry)
             return
+        await self._give_up_until_done(event, error)
+        self._complete(acks, entry)
 
     def _complete(self, acks: PartitionAcks, entry: _Entry) -> None:
         acks.complete(entry)

@@ -6,10 +6,16 @@ runs one worker (tests that start several in one process share the counters, whi
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: run-time buckets (seconds): most scripts run in well under a millisecond
 _RUN_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -63,10 +69,30 @@ def record_consumer_lag(stats_json: str, topic: str) -> None:
     _lag_partitions.update(seen)
 
 
-def serve(port: int, host: str = "127.0.0.1") -> None:
-    """Serve /metrics on ``host:port`` in a daemon thread (port 0 = not served)."""
-    if port:
-        start_http_server(port, addr=host)
+#: ports tried after the configured one when it is taken (another worker on the same host has it)
+PORT_TRIES = 32
+
+
+def serve(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics in a daemon thread on ``host:port``, or on the next free port of the
+    ``PORT_TRIES`` after it: several workers on one host each get their own, with default settings.
+    Returns the port (0: not served, as asked). Raises ConfigError when none is free."""
+    if not port:
+        return 0
+    for candidate in range(port, port + PORT_TRIES):
+        try:
+            start_http_server(candidate, addr=host)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot serve metrics on {host}:{candidate}: {exc}") from None
+            continue
+        if candidate != port:
+            log.warning("metrics port %d is taken (another worker?): serving metrics on %d", port, candidate)
+        return candidate
+    raise ConfigError(
+        f"metrics ports {port}-{port + PORT_TRIES - 1} on {host} are all taken: "
+        "set SCRIPTFORGE_METRICS_PORT to a free one, or 0 for no metrics"
+    )
 
 
 def track_sandbox_restarts(stats: Callable[[], dict[str, int]]) -> None:

@@ -4,6 +4,10 @@ A request is *finished* (its offset may be committed) only once the broker confi
 produce carries what to settle when the report comes. librdkafka batches and sends in its own threads;
 one thread here serves the delivery reports and hands them to the loop in batches, so finishing a
 request never depends on the consumer thread (see ``Worker._release``).
+
+Every failure of a produce, whether librdkafka refuses the record at once (too large, an unknown topic)
+or reports it undelivered later, reaches the report as a :class:`~pipeline.errors.DeliveryError` that
+says whether sending the same record again could help; nothing escapes to the caller.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import BrokerError
+from confluent_kafka import KafkaError, KafkaException
+
+from pipeline.errors import DeliveryError
 from pipeline.producers import SplitProducer
 
 #: how long one produce may take before it counts as failed (librdkafka's message.timeout.ms: it covers
@@ -23,10 +29,37 @@ from pipeline.producers import SplitProducer
 SEND_TIMEOUT = 10.0
 #: how long the delivery thread gathers delivery reports after handing some to the loop
 DELIVERY_GATHER = 0.005
+#: how long a record for a topic the broker does not know waits for the topic to appear before it fails
+#: (librdkafka's default is 30 s): a reply topic is created before its client sends requests, so one
+#: still unknown after this is gone (a closed client's), and its replies are dead-lettered sooner
+MISSING_TOPIC_WAIT_MS = 2000
+#: librdkafka error names that sending the same record to the same topic again cannot fix
+PERMANENT = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "RECORD_LIST_TOO_LARGE",
+        "UNKNOWN_TOPIC_OR_PART",
+        "_UNKNOWN_TOPIC",
+        "_UNKNOWN_PARTITION",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "INVALID_RECORD",
+        "INVALID_TOPIC_EXCEPTION",
+        "_INVALID_ARG",
+    }
+)
 
 
 #: what a delivery report settles: a future, or a callback taking the error (None when delivered)
-Report = asyncio.Future[None] | Callable[[BrokerError | None], None]
+Report = asyncio.Future[None] | Callable[[DeliveryError | None], None]
+
+
+def delivery_error(err: KafkaError, topic: str) -> DeliveryError:
+    """A librdkafka error of one record for ``topic`` as the typed error the handler acts on."""
+    code = err.name()
+    return DeliveryError(
+        f"not delivered to {topic}: {err.str()} ({code})", code=code, retriable=code not in PERMANENT
+    )
 
 
 class Output:
@@ -35,17 +68,25 @@ class Output:
     own threads; one thread serves the delivery reports and hands them to the loop in batches, so
     completing a request never depends on the consumer thread (see ``Worker._release``)."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(self, broker: str, *, max_record_bytes: int, client: dict[str, Any] | None = None) -> None:
+        """``max_record_bytes``: the largest record this producer sends (a larger one fails at once,
+        ``MSG_SIZE_TOO_LARGE``); ``client``: the settings every Kafka client of the worker shares."""
         self._producer = SplitProducer(
             {
+                **(client or {}),
                 "bootstrap.servers": broker,
                 "acks": "all",
                 "enable.idempotence": True,
                 "message.timeout.ms": int(SEND_TIMEOUT * 1000),
+                "message.max.bytes": max_record_bytes,
+                "topic.metadata.propagation.max.ms": MISSING_TOPIC_WAIT_MS,
+                # a consumer property in librdkafka's table, but its metadata requests honour it on a
+                # producer too: a reply never asks the broker to create its topic
+                "allow.auto.create.topics": False,
             }
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reports: list[tuple[Report, Any]] = []
+        self._reports: list[tuple[Report, DeliveryError | None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -55,7 +96,7 @@ class Output:
         self._thread.start()
 
     def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        """Produce; the future completes when the broker has the message (BrokerError when not)."""
+        """Produce; the future completes when the broker has the message (DeliveryError when not)."""
         assert self._loop is not None, "start() the output first"
         fut: asyncio.Future[None] = self._loop.create_future()
         self._produce(topic, key, value, fut)
@@ -68,7 +109,8 @@ class Output:
 
     def _produce(self, topic: str, key: bytes, value: bytes, report: Report) -> None:
         def delivered(err: Any, _msg: Any) -> None:  # in the delivery thread
-            self._reports.append((report, err))  # not a captured list: _hand_over swaps it
+            error = None if err is None else delivery_error(err, topic)
+            self._reports.append((report, error))  # not a captured list: _hand_over swaps it
 
         while True:
             try:
@@ -76,6 +118,15 @@ class Output:
                 return
             except BufferError:  # librdkafka's queue is full: its threads are sending, wait a moment
                 time.sleep(0.001)
+            except KafkaException as exc:  # refused before queueing: too large, or a bad topic name
+                # settled on a later loop turn, as a delivery report would be: callers never see an
+                # outcome before send returns
+                assert self._loop is not None
+                refused: list[tuple[Report, DeliveryError | None]] = [
+                    (report, delivery_error(exc.args[0], topic))
+                ]
+                self._loop.call_soon(_settle, refused)
+                return
 
     def _serve(self) -> None:
         loop = self._loop
@@ -104,13 +155,13 @@ class Output:
             self._hand_over(self._loop)
 
 
-def _settle(batch: list[tuple[Report, Any]]) -> None:
-    for report, err in batch:
+def _settle(batch: list[tuple[Report, DeliveryError | None]]) -> None:
+    for report, error in batch:
         if not isinstance(report, asyncio.Future):
-            report(None if err is None else BrokerError(f"not delivered: {err}"))
+            report(error)
         elif report.done():
             continue
-        elif err is None:
+        elif error is None:
             report.set_result(None)
         else:
-            report.set_exception(BrokerError(f"not delivered: {err}"))
+            report.set_exception(error)

@@ -123,6 +123,12 @@ class InvocationRequest:
     def correlation_id(self) -> str:
         return self.request_id or self.call_id
 
+    @property
+    def kafka_key(self) -> bytes:
+        """The Kafka key the request must carry: it picks the partition and the lane that keep one
+        script's requests in order (a worker refuses a request keyed otherwise)."""
+        return self.script.encode()
+
     def to_invocation(self) -> Invocation:
         """The sandbox's view of this request."""
         return Invocation(
@@ -397,6 +403,10 @@ class DeadLetter:
     #: Kafka headers as the clients give them: (key, value) pairs, keys may repeat
     original_headers: list[tuple[str, bytes | None]] = field(default_factory=list)
     call_id: str | None = None
+    #: the original value's size in bytes (None in records written before the field existed)
+    original_size: int | None = None
+    #: a reference: ``original_value`` is only the first bytes of a value too large to carry whole
+    value_truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -407,6 +417,8 @@ class DeadLetter:
             "source_offset": self.source_offset,
             "original_key": self.original_key,
             "original_value": self.original_value,
+            "original_size": self.original_size,
+            "value_truncated": self.value_truncated,
             "original_timestamp_ms": self.original_timestamp_ms,
             "original_headers": [{"key": k, "value": v} for k, v in self.original_headers],
             "call_id": self.call_id,

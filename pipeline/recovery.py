@@ -47,6 +47,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
+from pipeline.connection import client_config
 from pipeline.errors import BrokerError
 from pipeline.lanes import TP
 from pipeline.settings import Settings
@@ -206,6 +207,8 @@ class Runner(Protocol):
 
     async def give_up(self, msg: Any, attempts: int) -> None: ...
 
+    async def abandon(self, msg: Any, error: BaseException) -> None: ...
+
 
 class RecoveryLog:
     """The compacted recovery topic read into memory, plus the partitions' committed offsets and
@@ -216,6 +219,7 @@ class RecoveryLog:
         self.records: dict[str, RecoveryRecord] = {}
         self._consumer = Consumer(
             {
+                **client_config(),
                 "bootstrap.servers": settings.broker,
                 "group.id": group_id,  # the worker's group: only to read its committed offsets
                 "enable.auto.commit": False,
@@ -224,7 +228,9 @@ class RecoveryLog:
             }
         )
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-        self._producer = Producer({"bootstrap.servers": settings.broker, "acks": "all", "linger.ms": 0})
+        self._producer = Producer(
+            {**client_config(), "bootstrap.servers": settings.broker, "acks": "all", "linger.ms": 0}
+        )
         self._position = 0
         self._lock = threading.Lock()
 
@@ -368,6 +374,15 @@ class Recovery:
         await self._run_isolated(item.message)
         item.isolation.pending -= 1
         return None
+
+    async def abandon(self, item: Any, error: BaseException) -> None:
+        """The lanes' give-up (pipeline/lanes.py): an event whose output kept failing is answered and
+        dead-lettered by the runner; an isolated one also leaves its isolation window."""
+        if type(item) is not IsolatedEvent:
+            await self.runner.abandon(item, error)
+            return
+        await self.runner.abandon(item.message, error)
+        item.isolation.pending -= 1
 
     async def _run_isolated(self, msg: Any) -> None:
         if self.store is None or not self.runner.will_run(msg):

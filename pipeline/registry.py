@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from pipeline.codec import codec
+from pipeline.connection import client_config
 from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.records import ScriptDefinition, ScriptState, script_key, source_sha256
 from pipeline.settings import Settings
@@ -66,6 +67,7 @@ class ScriptRegistry:
         self._producer: Producer | None = None
         self._consumer = Consumer(
             {
+                **client_config(),
                 "bootstrap.servers": settings.broker,
                 # no group is joined: assign() only; the id just satisfies the client
                 "group.id": f"scriptforge-registry-{uuid.uuid4().hex[:8]}",
@@ -73,7 +75,9 @@ class ScriptRegistry:
                 "fetch.wait.max.ms": 50,
             }
         )
-        self._meta = Consumer({"bootstrap.servers": settings.broker, "group.id": "scriptforge-registry-meta"})
+        self._meta = Consumer(
+            {**client_config(), "bootstrap.servers": settings.broker, "group.id": "scriptforge-registry-meta"}
+        )
         #: records that could not be decoded (a newer writer's schema, garbage): skipped, counted
         self.skipped = 0
 
@@ -210,7 +214,7 @@ class ScriptRegistry:
     def _publish(self, key: str, definition: ScriptDefinition) -> None:
         if self._producer is None:
             self._producer = Producer(
-                {"bootstrap.servers": self.settings.broker, "linger.ms": 0, "acks": "all"}
+                {**client_config(), "bootstrap.servers": self.settings.broker, "linger.ms": 0, "acks": "all"}
             )
         self._producer.produce(self.topic, key=key.encode(), value=_CODEC.encode(definition))
 

@@ -44,11 +44,29 @@ class Settings:
     metrics_port: int = _env_field(  # type: ignore[assignment]
         9464, "SCRIPTFORGE_METRICS_PORT", "Prometheus metrics port of a worker (0 = off)"
     )
+    group_protocol: str = _env_field(  # type: ignore[assignment]
+        "consumer",
+        "SCRIPTFORGE_GROUP_PROTOCOL",
+        "consumer-group protocol of the workers: consumer (KIP-848: the broker moves partitions one by "
+        "one, other workers keep serving) or classic (eager range rebalances: every worker pauses)",
+    )
     group_instance_id: str = _env_field(  # type: ignore[assignment]
         "",
         "SCRIPTFORGE_GROUP_INSTANCE_ID",
         "static consumer-group membership id of a worker (a restart takes its partitions back at once, "
         "without waiting for the session timeout; unique per worker; empty = dynamic membership)",
+    )
+    max_request_bytes: int = _env_field(  # type: ignore[assignment]
+        1_048_576,
+        "SCRIPTFORGE_MAX_REQUEST_BYTES",
+        "largest invocation request (its record's value, bytes) a worker runs; a larger one is answered "
+        "413 `invalid input` without running",
+    )
+    max_dead_letter_bytes: int = _env_field(  # type: ignore[assignment]
+        2_097_152,
+        "SCRIPTFORGE_MAX_DEAD_LETTER_BYTES",
+        "largest dead-letter record (the dlq topic is created to take it): a record whose dead letter "
+        "would be larger is dead-lettered as a reference (where it is, its size, its first bytes)",
     )
     event_loop: str = _env_field(  # type: ignore[assignment]
         "uvloop",

@@ -44,6 +44,7 @@ class Topics:
         self.dlq = t("dlq")
         self.recovery = t("recovery")
         self._partitions = settings.partitions
+        self._dead_letter_bytes = settings.max_dead_letter_bytes
 
     def specs(self) -> list[TopicSpec]:
         n = self._partitions
@@ -57,7 +58,8 @@ class Topics:
             TopicSpec(self.cdrs, n),
             TopicSpec(self.outbound, n),
             TopicSpec(self.logs, n),
-            TopicSpec(self.dlq, 1),
+            # takes a dead letter carrying a whole record of the largest size the broker accepts
+            TopicSpec(self.dlq, 1, {"max.message.bytes": str(self._dead_letter_bytes)}),
             # crash bookkeeping of the invocations partitions (pipeline/recovery.py): latest per key
             TopicSpec(self.recovery, 1, dict(COMPACTED)),
         ]

@@ -53,6 +53,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline import metrics
+from pipeline.alarms import Summary, kind_of
+from pipeline.connection import client_config
+from pipeline.errors import BrokerError, ConfigError
 from pipeline.handler import Incoming, InvocationHandler
 from pipeline.lanes import TP, Lanes
 from pipeline.output import Output
@@ -91,13 +94,21 @@ def worker_id() -> str:
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
     """The invocations consumer: commits only what the worker commits, low fetch wait for latency.
 
-    The eager range assignor, not cooperative-sticky: a revocation must commit what the worker finished
-    before the partitions move, and with librdkafka's cooperative protocol that commit, made in the
-    revoke callback, was refused with ILLEGAL_GENERATION (the generation had already moved on), so the
-    next owner re-ran up to a few hundred finished requests per handover (measured in
-    test_partitions_handed_over_between_workers_lose_nothing: 33-404 duplicates; none with range). The
-    price: every rebalance drains every partition of every worker, bounded by REVOKE_WAIT."""
+    The group protocol is KIP-848's ``consumer`` by default: the broker assigns partitions and moves
+    them one at a time, so a worker joining, leaving or dying touches only the partitions that move;
+    the others keep being served. A killed worker's partitions go to the live workers once the broker
+    drops it (``group.consumer.session.timeout.ms``, 2 s in deploy/kafka). With the ``classic``
+    protocol and the eager range assignor, every rebalance revoked every partition of every worker: a
+    SIGKILLed worker paused all traffic for about 11 s (its 10 s session timeout, then a full
+    rebalance). Cooperative rebalancing in the classic protocol was no way out: librdkafka refused the
+    commit made in the revoke callback (ILLEGAL_GENERATION), so the next owner re-ran up to a few
+    hundred finished requests per handover. With the consumer protocol that commit is made with the
+    member's current epoch before the revocation is acknowledged, and it holds (docs/reliability.md has
+    the figures of both).
+
+    Session and heartbeat settings are the broker's in the consumer protocol, not the client's."""
     config: dict[str, Any] = {
+        **client_config(),
         "bootstrap.servers": settings.broker,
         "group.id": group_id,
         "client.id": f"scriptforge-worker-{worker_id()}",
@@ -106,11 +117,22 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 5,
         "fetch.min.bytes": 1,
-        # a killed worker's partitions move after the session timeout: 10 s
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
-        "partition.assignment.strategy": "range",
     }
+    if settings.group_protocol == "consumer":
+        config["group.protocol"] = "consumer"
+    elif settings.group_protocol == "classic":
+        config.update(
+            {
+                # a killed worker's partitions move after the session timeout: 10 s
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+                "partition.assignment.strategy": "range",
+            }
+        )
+    else:
+        raise ConfigError(
+            f"SCRIPTFORGE_GROUP_PROTOCOL={settings.group_protocol!r} is not one of: consumer, classic"
+        )
     if settings.group_instance_id:
         config["group.instance.id"] = settings.group_instance_id
     return config
@@ -129,19 +151,28 @@ class Worker:
     else (lanes, handler, commit positions) runs on the loop.
     """
 
-    def __init__(self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT, metrics_port: int = 0
+    ) -> None:
         self.settings = settings
+        #: where this worker's metrics are served (0: not served by this worker)
+        self.metrics_port = metrics_port
         self.topics = Topics(settings)
         self.id = worker_id()
         #: the consumer group (the same id the Faust worker used, so operators see one group)
         self.group_id = f"{settings.topic_prefix}-worker"
         self.registry = ScriptRegistry(settings)
         processes = settings.sandbox_processes or None
-        self.pool = SandboxPool(host=LocalHost(), processes=processes)
-        self.output = Output(settings.broker)
+        self.pool = SandboxPool(host=LocalHost(), processes=processes, on_restart=_sandbox_restarted)
+        # the largest record it sends is a dead letter (replies are bounded far below by the sandbox)
+        self.output = Output(
+            settings.broker, max_record_bytes=settings.max_dead_letter_bytes + 65_536, client=client_config()
+        )
         self.handler = InvocationHandler(self.output, settings, self.registry, self.pool, self.id)
         self.recovery = Recovery(settings, self.id, self.handler, group_id=self.group_id)
-        self.lanes = Lanes(self.recovery.handle_many, on_in_flight=self._in_flight_changed)
+        self.lanes = Lanes(
+            self.recovery.handle_many, self.recovery.abandon, on_in_flight=self._in_flight_changed
+        )
         self.max_in_flight = max_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
@@ -152,6 +183,8 @@ class Worker:
         self._closing = threading.Event()
         self._poller: threading.Thread | None = None
         self._committer: asyncio.Task[None] | None = None
+        #: set with the error when the consumer fails for good (librdkafka's fatal errors)
+        self.failed: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.settings.broker})
@@ -162,6 +195,7 @@ class Worker:
         self.registry.start()
         await asyncio.to_thread(self.registry.wait_caught_up)
         loop = self._loop = asyncio.get_running_loop()
+        self.failed = loop.create_future()
         self.output.start(loop)
         invocations = self.topics.invocations
         consumer = self._consumer = Consumer(
@@ -196,9 +230,11 @@ class Worker:
         await self.pool.close()
 
     async def run(self) -> None:
+        """Runs until cancelled; raises BrokerError when the consumer fails for good."""
         await self.start()
+        assert self.failed is not None
         try:
-            await asyncio.Event().wait()
+            await self.failed
         finally:
             await self.stop()
 
@@ -287,8 +323,10 @@ class Worker:
         for message in batch:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("invocations consumer: %s", error)
+                if error.fatal():
+                    self._fail(error)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    _consumer_errors.log(logging.WARNING, error.code(), "invocations consumer: %s", error)
                 continue
             tp = TP(message.topic(), message.partition())
             if tp not in owned:
@@ -298,6 +336,15 @@ class Worker:
             dispatch(lane, tp, msg.offset, item)
         if not self._paused and self.lanes.in_flight >= self.max_in_flight:
             self._pause_or_resume(pause=True)
+
+    def _fail(self, error: KafkaError) -> None:
+        """librdkafka's consumer is unusable after a fatal error: the worker stops (its requests not
+        committed run again at the partitions' next owners) and exits, for its supervisor to start it
+        again. Example: a static member (SCRIPTFORGE_GROUP_INSTANCE_ID) started again before the broker
+        dropped the killed one it replaces is refused, UNRELEASED_INSTANCE_ID."""
+        log.critical("the invocations consumer failed for good: %s", error.str())
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_exception(BrokerError(f"the invocations consumer failed for good: {error.str()}"))
 
     def _in_flight_changed(self, in_flight: int) -> None:
         if self._paused and in_flight <= self.max_in_flight // 2:
@@ -335,6 +382,16 @@ class Worker:
             consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             self._on_commit(exc, offsets)
+
+
+_restarts = Summary(logging.getLogger("sandbox.pool"))
+_consumer_errors = Summary(log)
+
+
+def _sandbox_restarted(why: str) -> None:
+    """Logged (summarised: a hostile script can make a few a second) and counted in the pool's stats
+    (the scriptforge_sandbox_restarts metric)."""
+    _restarts.log(logging.WARNING, kind_of(why), "%s", why)
 
 
 def _pause_or_resume(consumer: Consumer, *, pause: bool) -> None:

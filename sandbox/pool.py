@@ -108,9 +108,16 @@ class SandboxPool:
     """Runs invocations in supervised sandbox processes. Use ``async with SandboxPool(...)``."""
 
     def __init__(
-        self, host: Host | None = None, processes: int | None = None, config: PoolConfig | None = None
+        self,
+        host: Host | None = None,
+        processes: int | None = None,
+        config: PoolConfig | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_restart(why)`` hears of every sandbox process replaced, with why it ended (the worker
+        logs and counts them); by default they are logged here."""
         cfg = config or PoolConfig()
+        self._on_restart = on_restart or _log_restart
         if processes is not None:
             cfg = replace(cfg, processes=processes)
         self.config = cfg
@@ -360,14 +367,18 @@ class SandboxPool:
             self._replace_later(proc)
         self._dispatch()
 
-    def _replace_later(self, proc: SandboxProcess) -> None:
+    def _replace_later(self, proc: SandboxProcess, why: str = "") -> None:
         """A dead process's slot gets a fresh process, for whichever account needs one next."""
         if self._closed:
             return
+        account = proc.account
+        why = why or proc.ended_why or "it ended"
         proc.alive = False
         proc.busy = True  # not eligible until replaced
         proc.account = None
+        proc.ended_why = ""
         self._stats.restarts += 1
+        self._on_restart(f"sandbox process {proc.pid} of account {account!r} replaced: {why}")
         self._spawn_task(self._replace(proc))
 
     async def _replace(self, proc: SandboxProcess) -> None:
@@ -389,8 +400,7 @@ class SandboxPool:
 
     def _died_idle(self, proc: SandboxProcess) -> None:
         """A process died while no run was using it (killed from outside, or crashed on its own)."""
-        log.warning("sandbox process %d died while idle; replacing it", proc.pid)
-        self._replace_later(proc)
+        self._replace_later(proc, "it died while idle (killed from outside, or crashed on its own)")
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -446,7 +456,8 @@ class SandboxPool:
         self._held_back = self._parent_use.over(1.0, active, PARENT_FRACTION)
         for p in live:
             if not p.set_heavy(p.account in self._heavy) and not p.busy:
-                self._replace_later(p)  # light again, but its priority could not be given back
+                # light again, but its priority could not be given back
+                self._replace_later(p, "its account is light again, and its priority cannot be raised back")
 
     # ---- one batch in one process ------------------------------------------------------------
     async def _execute(
@@ -519,6 +530,7 @@ class SandboxPool:
         finally:
             if index < count and proc.alive:
                 proc.kill()  # left mid-batch (cancelled): its later reports have no reader
+                proc.ended_why = "killed: its batch was cancelled (the worker is stopping)"
             proc.disarm()
 
     async def _ended_early(
@@ -530,6 +542,7 @@ class SandboxPool:
         if isinstance(exc, TimeoutError):
             self._killed(script, Reason.TIMEOUT)
             why = f"run exceeded its time limit of {budget_ms:.0f} ms (sandbox process replaced)"
+            proc.ended_why = f"killed: a run of {script.name!r} exceeded its time limit of {budget_ms:.0f} ms"
             return _cut_short(proc, Reason.TIMEOUT, 408, why)
         if isinstance(exc, ProtocolViolation):
             self._stats.violations += 1
@@ -545,6 +558,7 @@ class SandboxPool:
         else:  # a fault of the host side
             log.error("sandbox run of %s failed in the pool", script.key, exc_info=exc)
             why = f"sandbox error: {type(exc).__name__}: {exc}"
+        proc.ended_why = f"{why.removesuffix(' while running the script')} in a run of {script.name!r}"
         return _cut_short(proc, Reason.CRASH, 500, why, process_died=True)
 
     def _killed(self, script: Script, reason: Reason) -> None:
@@ -641,6 +655,10 @@ def _head(queue: deque[_Waiter]) -> _Waiter | None:
 def _give_up(fut: asyncio.Future[SandboxProcess | None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _log_restart(why: str) -> None:
+    log.warning("%s", why)
 
 
 def _describe_exit(status: int | None) -> str:

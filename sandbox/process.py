@@ -42,6 +42,8 @@ class SandboxProcess:
         self.heavy = False
         #: the account this process serves (None: fresh, never ran a script)
         self.account: str | None = None
+        #: why its process ended, once it has (said when the slot gets a new one)
+        self.ended_why = ""
         self.last_used = 0.0  # monotonic end of its last run
         self.run_started = 0.0  # monotonic start of the current run, 0 when none
         self.run_cpu_start = -1  # the process's CPU ns when the watchdog first saw the run

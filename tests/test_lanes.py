@@ -17,6 +17,10 @@ class FakeEvent:
     delay: float
 
 
+async def _never(event: Any, error: BaseException) -> None:
+    raise AssertionError(f"gave up on {event} ({error}) though a retry was to succeed")
+
+
 async def test_positions_follow_offsets_while_lanes_finish_out_of_order() -> None:
     ran: list[tuple[str, int]] = []
     positions: list[int | None] = []
@@ -27,7 +31,7 @@ async def test_positions_follow_offsets_while_lanes_finish_out_of_order() -> Non
         ran.append((event.lane, event.offset))
         positions.append(lanes.position("tp0"))
 
-    lanes = Lanes(each(handle))
+    lanes = Lanes(each(handle), _never)
     # offset 0 is slow (lane "slow"); offsets 1..5 of lane "fast" finish long before it
     events = [FakeEvent(0, "slow", 0.2)] + [FakeEvent(i, "fast", 0.0) for i in range(1, 6)]
     for e in events:
@@ -55,7 +59,7 @@ async def test_one_lane_runs_its_events_one_at_a_time_in_order() -> None:
         order.append(event.offset)
         running -= 1
 
-    lanes = Lanes(each(handle))
+    lanes = Lanes(each(handle), _never)
     for i in range(20):
         lanes.dispatch("one-script", "tp0", i, FakeEvent(i, "one-script", 0))
     await lanes.drain()
@@ -74,7 +78,7 @@ async def test_the_lane_moves_on_while_a_tail_is_pending_but_the_position_waits_
         tails[event.offset] = loop.create_future()
         return tails[event.offset]
 
-    lanes = Lanes(each(handle))
+    lanes = Lanes(each(handle), _never)
     for i in range(3):
         lanes.dispatch("s", "tp0", i, FakeEvent(i, "s", 0))
     await asyncio.sleep(0.01)
@@ -101,7 +105,7 @@ async def test_a_failing_handler_is_retried_not_finished() -> None:
         if calls < 3:
             raise RuntimeError("broker down")
 
-    lanes = Lanes(each(handle), retry_delay=0.01)
+    lanes = Lanes(each(handle), _never, retry_delay=0.01)
     lanes.dispatch("s", "tp0", 7, FakeEvent(7, "s", 0))
     await lanes.drain()
     assert calls == 3 and positions == [None, None, None] and lanes.position("tp0") == 8
@@ -121,7 +125,7 @@ async def test_a_failed_tail_handles_the_event_again_before_it_counts_finished()
             tail.set_result(None)
         return tail
 
-    lanes = Lanes(each(handle), retry_delay=0.01)
+    lanes = Lanes(each(handle), _never, retry_delay=0.01)
     lanes.dispatch("s", "tp0", 4, FakeEvent(4, "s", 0))
     await asyncio.sleep(0.001)
     assert lanes.position("tp0") is None
@@ -133,7 +137,7 @@ async def test_a_rewound_partition_gets_a_fresh_tracker() -> None:
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
 
-    lanes = Lanes(each(handle))
+    lanes = Lanes(each(handle), _never)
     lanes.dispatch("a", "tp0", 10, FakeEvent(10, "a", 0.05))
     # the consumer gave the partition back from its committed offset: 10 arrives again
     lanes.dispatch("b", "tp0", 10, FakeEvent(10, "b", 0.0))
@@ -147,7 +151,7 @@ async def test_release_waits_for_the_revoked_partition_then_forgets_it() -> None
     async def handle(event: Any) -> None:
         await asyncio.sleep(event.delay)
 
-    lanes = Lanes(each(handle))
+    lanes = Lanes(each(handle), _never)
     lanes.dispatch("a", "tp0", 0, FakeEvent(0, "a", 0.05))
     lanes.dispatch("b", "tp0", 1, FakeEvent(1, "b", 0.0))
     lanes.dispatch("c", "tp1", 0, FakeEvent(0, "c", 1.0))
@@ -167,7 +171,7 @@ async def test_a_lane_hands_its_queued_events_over_as_batches_in_order() -> None
         await asyncio.sleep(0.01)
         return [None] * len(events)
 
-    lanes = Lanes(handle, max_batch=4)
+    lanes = Lanes(handle, _never, max_batch=4)
     for i in range(10):
         lanes.dispatch("busy-script", "tp0", i, FakeEvent(i, "busy-script", 0))
     lanes.dispatch("other-script", "tp0", 10, FakeEvent(10, "other-script", 0))
@@ -187,9 +191,75 @@ async def test_a_batch_whose_handler_raises_is_handled_again_whole() -> None:
             raise RuntimeError("broker refused the dead letter")
         return [None] * len(events)
 
-    lanes = Lanes(handle, retry_delay=0.01)
+    lanes = Lanes(handle, _never, retry_delay=0.01)
     for i in range(3):
         lanes.dispatch("s", "tp0", i, FakeEvent(i, "s", 0))
     await lanes.drain(timeout=5)
     assert calls == [[0, 1, 2], [0, 1, 2]]
     assert lanes.position("tp0") == 3
+
+
+async def test_a_batch_that_keeps_failing_is_given_up_on_after_max_tries_and_the_lane_moves_on() -> None:
+    """A poison batch whose output always fails must not hold its lane (or its partition's commits)
+    forever: after max_tries each event goes to give_up, and the next events of the lane run."""
+    handled: list[int] = []
+    given_up: list[tuple[int, str]] = []
+
+    async def handle(event: Any) -> None:
+        if event.offset == 1:
+            raise RuntimeError("record too large for the dead-letter topic")
+        handled.append(event.offset)
+
+    async def give_up(event: Any, error: BaseException) -> None:
+        given_up.append((event.offset, str(error)))
+
+    lanes = Lanes(each(handle), give_up, retry_delay=0.001, max_tries=3, max_batch=1)
+    for offset in (1, 2, 3):
+        lanes.dispatch("s", "tp0", offset, FakeEvent(offset, "s", 0))
+    await asyncio.wait_for(lanes.drain(), 5)
+    assert given_up == [(1, "record too large for the dead-letter topic")]
+    assert handled == [2, 3] and lanes.position("tp0") == 4
+
+
+async def test_a_tail_that_keeps_failing_is_given_up_on() -> None:
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    async def handle(event: Any) -> asyncio.Future[None]:
+        nonlocal calls
+        calls += 1
+        tail: asyncio.Future[None] = loop.create_future()
+        tail.set_exception(RuntimeError("reply topic refuses it"))
+        return tail
+
+    given_up: list[int] = []
+
+    async def give_up(event: Any, error: BaseException) -> None:
+        given_up.append(event.offset)
+
+    lanes = Lanes(each(handle), give_up, retry_delay=0.001, max_tries=3)
+    lanes.dispatch("s", "tp0", 9, FakeEvent(9, "s", 0))
+    await asyncio.wait_for(lanes.drain(), 5)
+    assert calls == 3 and given_up == [9] and lanes.position("tp0") == 10
+
+
+async def test_a_give_up_that_fails_is_tried_again_and_nothing_is_committed_meanwhile() -> None:
+    """When even the give-up fails (the broker takes nothing), the event stays unfinished, so it is
+    never committed past, and the lane keeps trying."""
+    tries = 0
+
+    async def handle(event: Any) -> None:
+        raise RuntimeError("broker unreachable")
+
+    async def give_up(event: Any, error: BaseException) -> None:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise RuntimeError("broker still unreachable")
+
+    lanes = Lanes(each(handle), give_up, retry_delay=0.001, max_tries=2)
+    lanes.dispatch("s", "tp0", 5, FakeEvent(5, "s", 0))
+    await asyncio.sleep(0.002)
+    assert lanes.position("tp0") is None
+    await asyncio.wait_for(lanes.drain(), 5)
+    assert tries == 3 and lanes.position("tp0") == 6

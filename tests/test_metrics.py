@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
@@ -32,3 +34,18 @@ def test_statistics_without_the_topic_change_nothing() -> None:
     metrics.record_consumer_lag(json.dumps({"topics": {}}), "sf.invocations")
     metrics.record_consumer_lag("not json", "sf.invocations")
     assert _lag("2") == 4.0
+
+
+def test_a_second_worker_on_the_host_serves_its_metrics_on_the_next_free_port(
+    free_port: Callable[[], int],
+) -> None:
+    port = free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    try:
+        served = metrics.serve(port)
+    finally:
+        taken.close()
+    assert served > port
+    assert metrics.serve(0) == 0

@@ -7,8 +7,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
 from pipeline.codec import codec
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, DeliveryError
 from pipeline.handler import REPLY_TRIES, InvocationHandler
 from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition
 from pipeline.settings import Settings
@@ -254,3 +255,116 @@ async def test_a_crash_outcome_without_a_dead_process_is_answered_not_retried_or
     assert [topic for topic, _, _ in output.sent] == ["replies"]
     reply = codec(InvocationReply).decode(output.sent[0][2])
     assert reply.outcome_dict["reason"] == "crash" and reply.outcome_dict["message"].startswith("not run")
+
+
+class RefusingOutput(FakeOutput):
+    """The dead-letter topic refuses records over ``dlq_max`` bytes, as a broker does (not retriable);
+    replies to ``missing`` fail as a deleted topic does."""
+
+    def __init__(self, dlq_max: int = 10**9, missing: str = "") -> None:
+        super().__init__()
+        self.dlq_max = dlq_max
+        self.missing = missing
+
+    def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        fut = super().send(topic, key, value)
+        if topic.endswith(".dlq") and len(value) > self.dlq_max:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(DeliveryError("too large", code="MSG_SIZE_TOO_LARGE", retriable=False))
+        elif topic == self.missing:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(DeliveryError("no topic", code="UNKNOWN_TOPIC_OR_PART", retriable=False))
+        return fut
+
+
+def _garbage(size: int, *, headers: list[tuple[str, bytes | None]] | None = None) -> Any:
+    return SimpleNamespace(
+        topic="unit.invocations",
+        partition=2,
+        offset=77,
+        value=b"\x00garbage" + b"x" * size,
+        key=b"s",
+        timestamp_ms=0,
+        headers=headers or [],
+    )
+
+
+async def test_a_record_too_large_to_dead_letter_whole_is_dead_lettered_as_a_reference() -> None:
+    output = FakeOutput()
+    settings = Settings(topic_prefix="unit", max_dead_letter_bytes=50_000)
+    handler = InvocationHandler(output, settings, OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    headers = [(HEADER_CALL_ID, b"c9"), (HEADER_REPLY_TOPIC, b"replies")]
+    tail = await handler.handle(_garbage(1_000_000, headers=headers))
+    assert tail is not None
+    await tail
+    dead = codec(DeadLetter).decode(output.sent[0][2])
+    assert dead.value_truncated and dead.original_size == 1_000_008 and len(dead.original_value) == 1024
+    assert (dead.source_topic, dead.source_partition, dead.source_offset) == ("unit.invocations", 2, 77)
+    assert dead.reason == "malformed" and "a reference" in dead.detail
+    reply = codec(InvocationReply).decode(output.sent[1][2])
+    assert (output.sent[1][0], reply.call_id, reply.status) == ("replies", "c9", "error")
+
+
+async def test_a_dead_letter_the_topic_refuses_whole_goes_again_as_a_reference() -> None:
+    output = RefusingOutput(dlq_max=10_000)
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    assert await handler.handle(_garbage(100_000)) is None  # no reply topic: nothing to answer
+    whole, reference = (codec(DeadLetter).decode(v) for _, _, v in output.sent)
+    assert not whole.value_truncated and reference.value_truncated
+    assert "refused it whole" in reference.detail
+
+
+async def test_a_request_over_the_size_limit_is_answered_invalid_input_without_running() -> None:
+    output = FakeOutput()
+    pool = CrashingPool()
+    settings = Settings(topic_prefix="unit", max_request_bytes=2_000)
+    handler = InvocationHandler(output, settings, OneScript(), pool, "w1")  # type: ignore[arg-type]
+    request = _request("replies")
+    request.vars_json = '"' + "v" * 5_000 + '"'
+    tail = await handler.handle(_message(request))
+    assert tail is not None
+    await tail
+    reply = codec(InvocationReply).decode(output.sent[0][2])
+    assert pool.runs == 0 and reply.outcome_dict["code"] == 413
+    assert "invalid input" in reply.outcome_dict["message"]
+    assert "SCRIPTFORGE_MAX_REQUEST_BYTES" in reply.outcome_dict["message"]
+
+
+async def test_a_miskeyed_request_is_answered_an_error_and_dead_lettered_not_run() -> None:
+    output = FakeOutput()
+    pool = CrashingPool()
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), pool, "w1")  # type: ignore[arg-type]
+    msg = _message(_request("replies"))
+    msg.key = b"another-script"
+    tail = await handler.handle(msg)
+    assert tail is not None
+    await tail
+    assert pool.runs == 0 and [t for t, _, _ in output.sent] == ["unit.dlq", "replies"]
+    dead = codec(DeadLetter).decode(output.sent[0][2])
+    reply = codec(InvocationReply).decode(output.sent[1][2])
+    assert dead.reason == "miskeyed" and reply.outcome_dict["code"] == 400
+    assert "b'another-script'" in reply.outcome_dict["message"] and "b's'" in reply.outcome_dict["message"]
+
+
+async def test_a_reply_to_a_topic_that_does_not_exist_is_dead_lettered_without_more_tries() -> None:
+    output = RefusingOutput(missing="gone")
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    tail = await handler.handle(_message(_request("gone")))
+    assert tail is not None
+    await asyncio.wait_for(tail, 1)
+    assert [t for t, _, _ in output.sent] == ["gone", "unit.dlq"]
+    dead = codec(DeadLetter).decode(output.sent[-1][2])
+    assert dead.reason == "reply_undeliverable" and "no topic" in dead.detail
+
+
+async def test_abandon_dead_letters_and_answers_a_request_whose_output_kept_failing() -> None:
+    output = FakeOutput()
+    handler = InvocationHandler(output, Settings(topic_prefix="unit"), OneScript(), OkPool(), "w1")  # type: ignore[arg-type]
+    await handler.abandon(
+        _message(_request("replies")), DeliveryError("x", code="_MSG_TIMED_OUT", retriable=True)
+    )
+    await asyncio.sleep(0)
+    assert [t for t, _, _ in output.sent] == ["unit.dlq", "replies"]
+    dead = codec(DeadLetter).decode(output.sent[0][2])
+    reply = codec(InvocationReply).decode(output.sent[1][2])
+    assert dead.reason == "output_failed" and reply.outcome_dict["code"] == 500

@@ -28,8 +28,8 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    metrics.serve(settings.metrics_port)
-    run_worker(Worker(settings, max_in_flight=args.max_in_flight), settings)
+    port = metrics.serve(settings.metrics_port)
+    run_worker(Worker(settings, max_in_flight=args.max_in_flight, metrics_port=port), settings)
     return 0
 
 
@@ -53,6 +53,10 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     raise ConfigError(f"SCRIPTFORGE_EVENT_LOOP={name!r} is not one of: uvloop, asyncio")
 
 
+async def _wait(event: asyncio.Event) -> None:
+    await event.wait()
+
+
 def _tune_gc() -> None:
     """The worker allocates a few dozen short-lived objects per request and almost never a cycle:
     objects alive after start-up are frozen out of collections, and the youngest generation is
@@ -62,16 +66,24 @@ def _tune_gc() -> None:
 
 
 async def serve_until_signalled(worker: Worker) -> None:
-    """Runs the worker until SIGINT or SIGTERM, then stops it cleanly (lanes drained, offsets committed)."""
+    """Runs the worker until SIGINT or SIGTERM, then stops it cleanly (lanes drained, offsets
+    committed); or until its consumer fails for good, then stops it and raises (exit status 1)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await worker.start()
     _tune_gc()
-    print(f"worker {worker.id} serving {worker.topics.invocations}", flush=True)
+    metrics_at = f"; metrics on 127.0.0.1:{worker.metrics_port}" if worker.metrics_port else ""
+    print(f"worker {worker.id} serving {worker.topics.invocations}{metrics_at}", flush=True)
+    assert worker.failed is not None
+    signalled: asyncio.Future[None] = asyncio.ensure_future(_wait(stopping))
     try:
-        await stopping.wait()
+        # a worker whose consumer failed for good raises here: the CLI prints it and exits non-zero
+        await asyncio.wait([signalled, worker.failed], return_when=asyncio.FIRST_COMPLETED)
+        if worker.failed.done():
+            worker.failed.result()
     finally:
+        signalled.cancel()
         with contextlib.suppress(Exception):
             await worker.stop()

@@ -2,9 +2,8 @@
 
 A "poison" request makes the worker exit with status 137 (as an OOM kill would) when it starts running
 it, through the worker's test hook SCRIPTFORGE_TEST_CRASH_ON=<call id>. The test starts
-``scriptforge worker`` again after each death, with static group membership
-(SCRIPTFORGE_GROUP_INSTANCE_ID) so that a restart takes the partition back at once instead of waiting
-out the dead member's 10 s session timeout. After the poison request has crashed its worker
+``scriptforge worker`` again after each death; the broker gives it the partition once it has dropped
+the dead member (the consumer group protocol's session timeout, 2 s in deploy/kafka). After the poison request has crashed its worker
 max_attempts times in isolation it must be dead-lettered with reason crash and answered crash, the
 worker must stay up, and every other request, published before and after it, must get an ok reply.
 """
@@ -43,7 +42,6 @@ def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes
         "SCRIPTFORGE_SANDBOX_PROCESSES": "1",
         "SCRIPTFORGE_METRICS_PORT": "0",
         "SCRIPTFORGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "SCRIPTFORGE_GROUP_INSTANCE_ID": "crash-test-worker",
         "SCRIPTFORGE_TEST_CRASH_ON": poison,
     }
     cmd = [sys.executable, "-m", "pipeline", "worker", "--log-level", "WARNING"]
