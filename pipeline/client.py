@@ -20,8 +20,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.codec import codec
 from pipeline.errors import CodecError
@@ -186,12 +192,9 @@ class InvocationClient:
             function=function,
         )
         if reply is None:
-            return Outcome.failure(
-                Reason.TIMEOUT,
-                504,
-                f"no reply from a worker within {timeout_ms + self.reply_grace_ms} ms "
-                f"(is `scriptforge worker` running on {self.bootstrap}?)",
-            )
+            waited = timeout_ms + self.reply_grace_ms
+            known = await asyncio.to_thread(self.why_no_reply)
+            return Outcome.failure(Reason.TIMEOUT, 504, f"no reply within {waited} ms: {known}")
         return reply.outcome
 
     async def invoke_reply(
@@ -206,6 +209,49 @@ class InvocationClient:
             return None
         finally:
             self._pending.pop(request.call_id, None)
+
+    def why_no_reply(self) -> str:
+        """What is known of why a request got no reply, asked of the broker (blocking: call from a
+        thread): whether it is still on its way there, whether any worker is in the group, how far
+        behind the group is. Never a guess about what is not known."""
+        if len(self._producer):
+            return f"the request has not reached the broker at {self.bootstrap} yet"
+        group = self.settings.worker_group
+        try:
+            description = self._admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        except Exception as exc:
+            return f"the broker at {self.bootstrap} could not say who serves {self.topics.invocations}: {exc}"
+        members = description.members or []
+        if not members:
+            return (
+                f"no worker serves {self.topics.invocations} (consumer group {group} has no members): "
+                "start one with `scriptforge worker`"
+            )
+        hosts = sorted({m.client_id or m.host for m in members})
+        lag = self._backlog(group)
+        behind = "" if lag is None else f"; {lag} requests of the topic are not yet answered"
+        return (
+            f"{len(members)} worker(s) serve {self.topics.invocations} ({', '.join(hosts[:5])}){behind}; "
+            "the script may not have finished, or the worker is behind"
+        )
+
+    def _backlog(self, group: str) -> int | None:
+        """Requests of the invocations topic past the group's committed offsets (None: not known)."""
+        try:
+            request = [ConsumerGroupTopicPartitions(group)]
+            committed = self._admin.list_consumer_group_offsets(request, request_timeout=5)[group].result()
+            positions = {
+                tp.partition: tp.offset
+                for tp in committed.topic_partitions
+                if tp.topic == self.topics.invocations and tp.offset >= 0
+            }
+            ends = self._admin.list_offsets(
+                {TopicPartition(self.topics.invocations, p): OffsetSpec.latest() for p in positions},
+                request_timeout=5,
+            )
+            return sum(max(f.result().offset - positions[tp.partition], 0) for tp, f in ends.items())
+        except Exception:
+            return None
 
     # ---- replies (background thread) -----------------------------------------------------------------
     def _poll_replies(self) -> None:

@@ -111,6 +111,11 @@ class Settings:
         """Full topic name for a logical name such as ``invocations``."""
         return f"{self.topic_prefix}.{name}"
 
+    @property
+    def worker_group(self) -> str:
+        """The consumer group of the workers of this topic prefix."""
+        return f"{self.topic_prefix}-worker"
+
     @staticmethod
     def describe() -> str:
         """Help text listing every setting with its environment variable."""

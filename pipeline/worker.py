@@ -160,7 +160,7 @@ class Worker:
         self.topics = Topics(settings)
         self.id = worker_id()
         #: the consumer group (the same id the Faust worker used, so operators see one group)
-        self.group_id = f"{settings.topic_prefix}-worker"
+        self.group_id = settings.worker_group
         self.registry = ScriptRegistry(settings)
         processes = settings.sandbox_processes or None
         self.pool = SandboxPool(host=LocalHost(), processes=processes, on_restart=_sandbox_restarted)

@@ -391,3 +391,23 @@ async def test_partitions_handed_over_between_workers_lose_nothing(
             await second.stop()
     finally:
         _cleanup(settings)
+
+
+async def test_no_reply_says_what_is_known_not_a_guess(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Nobody serves this prefix: the timeout says so, from the broker's own account of the group."""
+    settings = _settings(kafka_bootstrap, tmp_path)
+    try:
+        async with InvocationClient(kafka_bootstrap, settings, reply_grace_ms=0) as client:
+            outcome = await client.invoke("anything", {}, timeout_ms=300)
+            assert (outcome.reason, outcome.code) == ("timeout", 504)
+            assert f"no worker serves {settings.topic_prefix}.invocations" in outcome.message, outcome.message
+            assert f"consumer group {settings.worker_group} has no members" in outcome.message
+    finally:
+        _cleanup(settings)
+
+
+async def test_no_reply_with_a_worker_serving_names_the_workers_and_the_backlog(
+    client: InvocationClient, worker: Worker
+) -> None:
+    known = await asyncio.to_thread(client.why_no_reply)
+    assert known.startswith("1 worker(s) serve") and "requests of the topic are not yet answered" in known, known
