@@ -410,4 +410,5 @@ async def test_no_reply_with_a_worker_serving_names_the_workers_and_the_backlog(
     client: InvocationClient, worker: Worker
 ) -> None:
     known = await asyncio.to_thread(client.why_no_reply)
-    assert known.startswith("1 worker(s) serve") and "requests of the topic are not yet answered" in known, known
+    assert known.startswith("1 worker(s) serve"), known
+    assert "requests of the topic are not yet answered" in known, known

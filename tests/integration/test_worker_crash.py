@@ -3,9 +3,10 @@
 A "poison" request makes the worker exit with status 137 (as an OOM kill would) when it starts running
 it, through the worker's test hook SCRIPTFORGE_TEST_CRASH_ON=<call id>. The test starts
 ``scriptforge worker`` again after each death; the broker gives it the partition once it has dropped
-the dead member (the consumer group protocol's session timeout, 2 s in deploy/kafka). After the poison request has crashed its worker
-max_attempts times in isolation it must be dead-lettered with reason crash and answered crash, the
-worker must stay up, and every other request, published before and after it, must get an ok reply.
+the dead member (the consumer group protocol's session timeout, 2 s in deploy/kafka). After the
+poison request has crashed its worker max_attempts times in isolation it must be dead-lettered with
+reason crash and answered crash, the worker must stay up, and every other request, published before
+and after it, must get an ok reply.
 """
 
 from __future__ import annotations
