@@ -323,7 +323,7 @@ class Worker:
         for message in batch:
             error = message.error()
             if error is not None:
-                if error.fatal():
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     self._fail(error)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     _consumer_errors.log(logging.WARNING, error.code(), "invocations consumer: %s", error)
