@@ -371,6 +371,12 @@ class InvocationHandler:
     ) -> asyncio.Future[None]:
         """Produces the reply; ``counted`` replies count in the runs metric once delivered (a rejected
         request's reply does not: it was dead-lettered and counted there)."""
+        value = self._encode_reply(request, outcome, version, received, started)
+        return _Reply(self, msg, request, outcome if counted else None, value).send()
+
+    def _encode_reply(
+        self, request: InvocationRequest, outcome: Outcome, version: int | None, received: int, started: int
+    ) -> bytes:
         reply = InvocationReply.for_request(
             request,
             outcome,
@@ -380,7 +386,7 @@ class InvocationHandler:
             finished_ms=now_ms(),
             version=version,
         )
-        return _Reply(self, msg, request, outcome if counted else None, _REPLIES.encode(reply)).send()
+        return _REPLIES.encode(reply)
 
     async def resend(self, reply: _Reply, error: BaseException) -> None:
         """A reply's delivery failed: try again (unless the same send cannot succeed: too large, no such
@@ -453,16 +459,8 @@ class InvocationHandler:
             return
         stub = request or _stub_request(call_id, (msg.key or b"").decode(errors="replace"), reply_topic)
         outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {detail}")
-        reply = InvocationReply.for_request(
-            stub,
-            outcome,
-            worker=self.worker_id,
-            received_ms=received,
-            started_ms=received,
-            finished_ms=now_ms(),
-            version=None,
-        )
-        self.output.send_then(reply_topic, call_id.encode(), _REPLIES.encode(reply), _ignore)
+        value = self._encode_reply(stub, outcome, None, received, received)
+        self.output.send_then(reply_topic, call_id.encode(), value, _ignore)
 
     async def _dead_letter(
         self, msg: Any, reason: str, detail: str, attempts: int, call_id: str | None

@@ -14,13 +14,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -67,22 +65,6 @@ def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
 def registry(settings: Settings, worker: Worker) -> Any:
     with ScriptRegistry(settings) as reg:
         yield reg
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def worker(settings: Settings) -> AsyncIterator[Worker]:
-    w = Worker(settings)
-    await w.start()
-    try:
-        yield w
-    finally:
-        await w.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(settings: Settings, worker: Worker) -> AsyncIterator[InvocationClient]:
-    async with InvocationClient(settings.broker, settings) as c:
-        yield c
 
 
 def _name() -> str:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
@@ -48,22 +47,6 @@ def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     yield s
     admin = AdminClient({"bootstrap.servers": s.broker})
     delete_topics(admin, [t for t in admin.list_topics(timeout=10).topics if t.startswith(s.topic_prefix)])
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def worker(settings: Settings) -> AsyncIterator[Worker]:
-    w = Worker(settings)
-    await w.start()
-    try:
-        yield w
-    finally:
-        await w.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(settings: Settings, worker: Worker) -> AsyncIterator[InvocationClient]:
-    async with InvocationClient(settings.broker, settings) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
