@@ -45,6 +45,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -262,10 +263,13 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Consumer thread, before any message of ``partitions`` is fetched: plan crash recovery (it
         reads the committed offsets and watermarks), then tell the loop."""
+        began = time.monotonic()
         tps = [TP(p.topic, p.partition) for p in partitions]
         plans = self.recovery.plan(tps)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in tps})
+        if tps:
+            log.info("assigned partitions %s (planned in %.0f ms)", _numbers(tps), _ms_since(began))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._release([TP(p.topic, p.partition) for p in partitions], commit=True)
@@ -283,6 +287,7 @@ class Worker:
         the next owner runs it again (at-least-once)."""
         if not tps or self._loop is None:
             return
+        began = time.monotonic()
         wait = REVOKE_WAIT if commit else 0.0
         future = asyncio.run_coroutine_threadsafe(self._revoked(tps, wait), self._loop)
         try:
@@ -299,6 +304,10 @@ class Worker:
             log.warning(
                 "commit of revoked %s failed (%s): the next owner re-runs from the last commit", tps, exc
             )
+            return
+        log.info(
+            "released partitions %s (finished and committed in %.0f ms)", _numbers(tps), _ms_since(began)
+        )
 
     def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
         failed = [TP(p.topic, p.partition) for p in partitions if err is not None or p.error is not None]
@@ -382,6 +391,14 @@ class Worker:
             consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             self._on_commit(exc, offsets)
+
+
+def _numbers(tps: list[TP]) -> list[int]:
+    return sorted(tp.partition for tp in tps)
+
+
+def _ms_since(began: float) -> float:
+    return (time.monotonic() - began) * 1000
 
 
 _restarts = Summary(logging.getLogger("sandbox.pool"))
