@@ -30,6 +30,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.codec import codec
+from pipeline.connection import client_config
 from pipeline.errors import CodecError
 from pipeline.producers import SplitProducer
 from pipeline.records import InvocationReply, InvocationRequest
@@ -69,13 +70,14 @@ class InvocationClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        self._producer = SplitProducer(
-            {"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True}
-        )
+        # reconnecting within 500 ms of a broker serving again, with summarised logs, as the worker
+        # does (pipeline/connection.py): the caller's post-dial delay is what a slow reconnect costs
+        common = {**client_config(), "bootstrap.servers": self.bootstrap}
+        self._admin = AdminClient(common)
+        self._producer = SplitProducer({**common, "acks": "all", "enable.idempotence": True})
         self._consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **common,
                 "group.id": f"scriptforge-client-{uuid.uuid4().hex[:8]}",  # assign() only: no group joins
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
