@@ -283,10 +283,16 @@ class RecoveryLog:
 
     def write(self, key: str, record: RecoveryRecord) -> None:
         """Produce and flush: the record must be on the broker before what it guards happens."""
-        self._producer.produce(self.topic, key=key.encode(), value=record.encode())
-        if self._producer.flush(IO_TIMEOUT) != 0:
-            raise BrokerError(f"recovery record for {key} not delivered in {IO_TIMEOUT:.0f} s")
-        self.records[key] = record
+        self.write_many({key: record})
+
+    def write_many(self, records: dict[str, RecoveryRecord]) -> None:
+        """Produce them all, then flush once: an assignment of several partitions waits for one round
+        trip to the broker, not one per partition (it holds those partitions unserved meanwhile)."""
+        for key, record in records.items():
+            self._producer.produce(self.topic, key=key.encode(), value=record.encode())
+        if records and self._producer.flush(IO_TIMEOUT) != 0:
+            raise BrokerError(f"recovery records for {sorted(records)} not delivered in {IO_TIMEOUT:.0f} s")
+        self.records.update(records)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -415,12 +421,13 @@ class Recovery:
         store.catch_up()
         offsets = store.offsets(topic, [tp.partition for tp in tps])
         decided: dict[TP, Isolation | None] = {}
+        writes: dict[str, RecoveryRecord] = {}
         for tp in tps:
             committed, high = offsets[tp.partition]
             key = partition_key(tp.topic, tp.partition)
             plan = plan_assignment(store.records.get(key), committed, high, self.me)
             if plan.write:
-                store.write(key, plan.record)
+                writes[key] = plan.record
             if plan.isolate_until is not None:
                 log.warning(
                     "%s: %d assignment(s) without progress at offset %d: running [%d, %d) one at a time",
@@ -433,6 +440,8 @@ class Recovery:
                 decided[tp] = Isolation(plan.isolate_until)
             else:
                 decided[tp] = None
+        # on the broker before any message of these partitions is fetched (this runs in the assignment)
+        store.write_many(writes)
         return decided
 
 
