@@ -120,8 +120,9 @@ def lock_down(keep_fd: int, headroom_mb: int, flt: pyseccomp.SyscallFilter | Non
     """Before any script: nothing inherited but the channel, bounded size, no core dumps, not
     traceable, and (with a filter) the allow-list of system calls."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the worker's to hear, not ours (see template.main)
+        signal.signal(sig, signal.SIG_IGN)
     _close_inherited(keep_fd)
     _limit_resources(headroom_mb)
     _LIBC.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)

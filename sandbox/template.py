@@ -230,6 +230,11 @@ def main(ctl_fd: int, config: dict[str, Any]) -> None:
     engine.ScriptContext("", "app", {}, 16, 0)  # first-use costs paid here, not by every child
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
+    # a Ctrl-C in the terminal, or a service manager's SIGTERM to the whole group, is meant for the
+    # worker, which then drains its runs: they need their sandbox processes until it closes the pool
+    # (which kills them; an orphaned template or process ends at its channel's EOF)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     if threading.active_count() != 1:

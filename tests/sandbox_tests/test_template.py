@@ -46,6 +46,22 @@ async def test_sandbox_processes_are_children_of_the_template() -> None:
             assert _parent_of(pid) == template.pid
 
 
+async def test_the_stop_signals_meant_for_the_worker_leave_the_sandbox_serving() -> None:
+    """Ctrl-C in a terminal, or a service manager's SIGTERM, reaches the whole process group: the
+    worker must be able to drain its runs, so the template and its processes ignore both."""
+    async with SandboxPool(processes=2) as pool:
+        await _runs_ok(pool)
+        template = pool._template._proc
+        assert template is not None
+        targets = [template.pid, *(pid for pid, _ in pool.processes())]
+        for pid in targets:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        await _runs_ok(pool)
+        assert pool.stats()["restarts"] == 0 and pool._template.alive
+
+
 async def test_a_process_killed_while_idle_is_replaced() -> None:
     async with SandboxPool(processes=2) as pool:
         await _runs_ok(pool)
