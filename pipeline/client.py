@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.codec import codec
 from pipeline.connection import client_config
-from pipeline.errors import CodecError
+from pipeline.errors import BrokerError, CodecError
 from pipeline.producers import SplitProducer
 from pipeline.records import InvocationReply, InvocationRequest
 from pipeline.settings import Settings
@@ -97,9 +97,12 @@ class InvocationClient:
         # the invocations topic too: producing first would let a broker with auto-creation make it
         # with 1 partition, and workers would then refuse it
         spec = TopicSpec(self.reply_topic, 1, {"retention.ms": str(3600_000)})
-        await asyncio.to_thread(
-            partial(create_topics, self._admin, [*self.topics.specs(), spec], strict=False)
-        )
+        try:
+            await asyncio.to_thread(
+                partial(create_topics, self._admin, [*self.topics.specs(), spec], strict=False)
+            )
+        except BrokerError as exc:
+            raise BrokerError(f"Kafka at {self.bootstrap}: {exc}") from None
         # the topic is new: reading from its beginning cannot miss a reply, however late assign lands
         self._consumer.assign([TopicPartition(self.reply_topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._poll_replies, name="scriptforge-replies", daemon=True)

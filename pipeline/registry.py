@@ -86,7 +86,7 @@ class ScriptRegistry:
         # deploy may run before any worker ever did: the compacted topic must exist with its config
         # (auto-creation would make it a plain, deleting topic)
         spec = next(t for t in Topics(self.settings).specs() if t.name == self.topic)
-        create_topics(AdminClient({"bootstrap.servers": self.settings.broker}), [spec])
+        create_topics(AdminClient({**client_config(), "bootstrap.servers": self.settings.broker}), [spec])
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._watch, name="scriptforge-registry", daemon=True)
         self._thread.start()

@@ -68,7 +68,10 @@ class Topics:
 def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 30.0) -> list[str]:
     """Create every missing topic with its partitions and config; return the names created."""
     specs = Topics(settings).specs()
-    return create_topics(admin, specs, timeout)
+    try:
+        return create_topics(admin, specs, timeout)
+    except BrokerError as exc:
+        raise BrokerError(f"Kafka at {settings.broker}: {exc}") from None
 
 
 def create_topics(
@@ -79,7 +82,10 @@ def create_topics(
     ``strict``: an existing topic with another partition count is an error (workers); clients pass
     False, since the partition count is the operators' choice, not theirs.
     """
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerError(f"no broker answered within {timeout:.0f} s ({exc.args[0].str()})") from None
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
     if missing:

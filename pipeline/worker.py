@@ -188,7 +188,7 @@ class Worker:
         self.failed: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.settings.broker})
+        admin = AdminClient({**client_config(), "bootstrap.servers": self.settings.broker})
         await asyncio.to_thread(ensure_topics, self.settings, admin)
         await asyncio.to_thread(self.recovery.start)
         await self.pool.start()
