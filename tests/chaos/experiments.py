@@ -29,6 +29,7 @@ from .measure import (
     outcome_counts,
     recovery_s,
     recovery_threshold_ms,
+    timeline,
 )
 from .profiles import Profile
 from .report import fmt_ms
@@ -115,10 +116,16 @@ def _report_kills(rig: Rig, f: Findings, kills: list[_Kill]) -> None:
     survivors_before: list[Request] = []
     per_kill: list[dict[str, object]] = []
     slow: list[float | None] = []
+    survivor_timelines: list[list[str]] = []
     for kill in kills:
         window = [r for r in normal if kill.killed_at <= r.scheduled < kill.until and r.partition is not None]
         killed_side += [r for r in window if r.partition in kill.owned]
-        survivor_side += [r for r in window if r.partition not in kill.owned]
+        survivors_now = [r for r in window if r.partition not in kill.owned]
+        survivor_side += survivors_now
+        # when the survivors are held up: while the dead worker's partitions wait (the first 2 s), or
+        # when partitions move to the replacement as it joins (after its start-up)
+        shown = timeline(survivors_now, kill.killed_at, kill.until, 0.5, 12)
+        survivor_timelines.append([fmt_ms(v) for v in shown])
         if before is not None:
             survivors_before += [r for r in normal if before.holds(r) and r.partition not in kill.owned]
         figures, all_again = _answered_again(normal, kill)
@@ -134,6 +141,7 @@ def _report_kills(rig: Rig, f: Findings, kills: list[_Kill]) -> None:
         "survivors' partitions p99 ms before -> after each kill",
         f"{fmt_ms(before_survivors.p99_ms)} -> {fmt_ms(during_survivors.p99_ms)}",
     )
+    f.figure("survivors' p99 ms per 0.5 s window from each kill", survivor_timelines)
     slow_survivors = sum(1 for r in survivor_side if latency(r) > 1000.0)
     f.figure("survivors' requests over 1 s after a kill", f"{slow_survivors} of {len(survivor_side)}")
     threshold = recovery_threshold_ms(before_survivors.p99_ms)
