@@ -21,6 +21,16 @@ async def _never(event: Any, error: BaseException) -> None:
     raise AssertionError(f"gave up on {event} ({error}) though a retry was to succeed")
 
 
+def _tail(error: Exception | None) -> asyncio.Future[None]:
+    """A handler's tail (its reply's delivery), already settled: delivered, or failed with ``error``."""
+    tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if error is None:
+        tail.set_result(None)
+    else:
+        tail.set_exception(error)
+    return tail
+
+
 async def test_positions_follow_offsets_while_lanes_finish_out_of_order() -> None:
     ran: list[tuple[str, int]] = []
     positions: list[int | None] = []
@@ -112,18 +122,12 @@ async def test_a_failing_handler_is_retried_not_finished() -> None:
 
 
 async def test_a_failed_tail_handles_the_event_again_before_it_counts_finished() -> None:
-    loop = asyncio.get_running_loop()
     calls = 0
 
     async def handle(event: Any) -> asyncio.Future[None]:
         nonlocal calls
         calls += 1
-        tail: asyncio.Future[None] = loop.create_future()
-        if calls == 1:
-            tail.set_exception(RuntimeError("dead-letter topic down"))
-        else:
-            tail.set_result(None)
-        return tail
+        return _tail(RuntimeError("dead-letter topic down") if calls == 1 else None)
 
     lanes = Lanes(each(handle), _never, retry_delay=0.01)
     lanes.dispatch("s", "tp0", 4, FakeEvent(4, "s", 0))
@@ -222,15 +226,12 @@ async def test_a_batch_that_keeps_failing_is_given_up_on_after_max_tries_and_the
 
 
 async def test_a_tail_that_keeps_failing_is_given_up_on() -> None:
-    loop = asyncio.get_running_loop()
     calls = 0
 
     async def handle(event: Any) -> asyncio.Future[None]:
         nonlocal calls
         calls += 1
-        tail: asyncio.Future[None] = loop.create_future()
-        tail.set_exception(RuntimeError("reply topic refuses it"))
-        return tail
+        return _tail(RuntimeError("reply topic refuses it"))
 
     given_up: list[int] = []
 
