@@ -53,8 +53,10 @@ class Settings:
     group_instance_id: str = _env_field(  # type: ignore[assignment]
         "",
         "SCRIPTFORGE_GROUP_INSTANCE_ID",
-        "static consumer-group membership id of a worker (a restart takes its partitions back at once, "
-        "without waiting for the session timeout; unique per worker; empty = dynamic membership)",
+        "static consumer-group membership id of a worker, unique per worker (empty = dynamic, the "
+        "default: the broker moves a killed worker's partitions within 2 s anyway); under the consumer "
+        "protocol a worker started while the broker still counts a killed one with this id is refused "
+        "and exits (docs/pipeline.md)",
     )
     max_request_bytes: int = _env_field(  # type: ignore[assignment]
         1_048_576,

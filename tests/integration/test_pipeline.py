@@ -332,8 +332,8 @@ async def test_worker_killed_mid_flight_loses_nothing(kafka_bootstrap: str, tmp_
 async def test_partitions_handed_over_between_workers_lose_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """A second worker joins mid-load (cooperative rebalance: some partitions move), then the first
-    stops: each revocation waits for the moving partitions' requests and commits them, so every call
+    """A second worker joins mid-load (the consumer group protocol moves some partitions to it), then
+    the first stops: each revocation waits for the moving partitions' requests and commits them, so every call
     gets its reply and, the handovers being graceful, none is run twice. max_in_flight is small so
     the partitions are paused and resumed all along."""
     settings = dataclasses.replace(_settings(kafka_bootstrap, tmp_path), sandbox_processes=1)
