@@ -12,7 +12,6 @@ other's data. Fixtures of one area (sandbox, ...) belong in that area's own conf
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 import uuid
@@ -26,16 +25,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline.broker import LOCAL_HOSTS, LocalBroker, probe_kafka, split_host_port
 from pipeline.errors import ScriptForgeError
 from pipeline.settings import Settings
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+from tests.ci import unavailable
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if in_ci():
-        pytest.fail(f"CI=true and no Kafka broker: {reason}", pytrace=False)
-    pytest.skip(f"no Kafka broker: {reason}")
+    unavailable("no Kafka broker", reason)
 
 
 @pytest.fixture(scope="session")
