@@ -428,15 +428,12 @@ class InvocationHandler:
 
     async def _reject(self, msg: Any, reason: str, detail: str, received: int) -> asyncio.Future[None] | None:
         """A request whose body cannot be read: dead-letter it, and answer it when its headers say where."""
-        headers = _headers(msg.headers)
-        call_id = headers.get(HEADER_CALL_ID)
-        reply_topic = headers.get(HEADER_REPLY_TOPIC)
+        call_id, reply_topic = _header_address(msg)
         await self._dead_letter(msg, reason, detail, 1, call_id)
         if not (call_id and reply_topic):
             return None
-        script = (msg.key or b"").decode(errors="replace")
         outcome = Outcome.failure(Reason.RUNTIME, 400, f"request rejected ({reason}): {detail}")
-        stub = _stub_request(call_id, script, reply_topic)
+        stub = _stub_request(call_id, msg, reply_topic)
         return self._reply(msg, stub, outcome, None, received, received, counted=False)
 
     async def abandon(self, msg: Any, error: BaseException) -> None:
@@ -445,8 +442,7 @@ class InvocationHandler:
         delivered (the broker takes nothing); the reply is best effort, the dead letter holds the
         request."""
         received = now_ms()
-        headers = _headers(msg.headers)
-        call_id, reply_topic = headers.get(HEADER_CALL_ID), headers.get(HEADER_REPLY_TOPIC)
+        call_id, reply_topic = _header_address(msg)
         request: InvocationRequest | None = None
         with contextlib.suppress(CodecError):
             request = _REQUESTS.decode(msg.value)
@@ -457,7 +453,7 @@ class InvocationHandler:
         )
         if not (call_id and reply_topic):
             return
-        stub = request or _stub_request(call_id, (msg.key or b"").decode(errors="replace"), reply_topic)
+        stub = request or _stub_request(call_id, msg, reply_topic)
         outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {detail}")
         value = self._encode_reply(stub, outcome, None, received, received)
         self.output.send_then(reply_topic, call_id.encode(), value, _ignore)
@@ -530,10 +526,17 @@ def _refusal(request: InvocationRequest, definition: ScriptDefinition | None) ->
     return None
 
 
-def _stub_request(call_id: str, script: str, reply_topic: str) -> InvocationRequest:
+def _header_address(msg: Any) -> tuple[str | None, str | None]:
+    """The call id and reply topic a request's headers name: where to answer it without its body."""
+    headers = _headers(msg.headers)
+    return headers.get(HEADER_CALL_ID), headers.get(HEADER_REPLY_TOPIC)
+
+
+def _stub_request(call_id: str, msg: Any, reply_topic: str) -> InvocationRequest:
+    """A request to answer ``msg`` by, when its body cannot be read: its script is its Kafka key."""
     return InvocationRequest(
         call_id=call_id,
-        script=script,
+        script=(msg.key or b"").decode(errors="replace"),
         vars_json="null",
         reply_topic=reply_topic,
         deadline_ms=0,

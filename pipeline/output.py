@@ -80,8 +80,9 @@ class Output:
                 "message.timeout.ms": int(SEND_TIMEOUT * 1000),
                 "message.max.bytes": max_record_bytes,
                 "topic.metadata.propagation.max.ms": MISSING_TOPIC_WAIT_MS,
-                # a consumer property in librdkafka's table, but its metadata requests honour it on a
-                # producer too: a reply never asks the broker to create its topic
+                # librdkafka documents it for consumers only: set here too, beside the broker's own
+                # auto.create.topics.enable=false, in case a producer's metadata requests honour it
+                # (not verified: docs/dependencies.md)
                 "allow.auto.create.topics": False,
             }
         )
