@@ -51,11 +51,12 @@ class Summary:
 
     def log(self, level: int, kind: Hashable, msg: str, *args: object) -> None:
         held = self.should_log(kind)
-        if held is None:
-            return
-        if held:
-            msg += f" ({held} more like it in the last {self.interval:.0f} s)"
-        self.logger.log(level, msg, *args)
+        if held is not None:
+            self.logger.log(level, self.counted(msg, held), *args)
+
+    def counted(self, line: str, held: int) -> str:
+        """``line`` with how many like it were held back before it, when any were."""
+        return f"{line} ({held} more like it in the last {self.interval:.0f} s)" if held else line
 
 
 class Alarm:
@@ -93,7 +94,5 @@ class SummaryFilter(logging.Filter):
         if held is None:
             return False
         if held:
-            interval = self._summary.interval
-            record.msg = f"{record.getMessage()} ({held} more like it in the last {interval:.0f} s)"
-            record.args = None
+            record.msg, record.args = self._summary.counted(record.getMessage(), held), None
         return True

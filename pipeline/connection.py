@@ -8,8 +8,8 @@ attempt per connection every half second while a broker is down, a few bytes eac
 Each failed attempt is one librdkafka log line and one error event, from each of a worker's clients
 (the invocations consumer, two reply producers, the registry's and crash recovery's clients): a broker
 restart printed 500-1,000 "Connection refused" lines per worker. Here librdkafka logs through Python
-logging, summarised (:class:`pipeline.alarms.SummaryFilter`), and errors go through one summarised
-callback.
+logging, summarised (:class:`pipeline.alarms.SummaryFilter`), and its error events go through the same
+logger.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.alarms import Summary, SummaryFilter
+from pipeline.alarms import SummaryFilter
 
 #: the longest wait between attempts to reach a broker (librdkafka's reconnect.backoff.max.ms)
 RECONNECT_MAX_MS = 500
@@ -26,13 +26,12 @@ RECONNECT_MS = 50
 
 _kafka_log = logging.getLogger("pipeline.kafka")
 _kafka_log.addFilter(SummaryFilter())
-_errors = Summary(logging.getLogger("pipeline.kafka"))
 
 
 def _on_error(err: Any) -> None:
-    """librdkafka's client-wide errors (all brokers down, a connection lost): summarised, since
-    librdkafka retries them itself."""
-    _errors.log(logging.WARNING, err.code(), "kafka: %s", err.str())
+    """librdkafka's client-wide errors (all brokers down, a connection lost): through the same
+    summarising logger as its log lines, since librdkafka retries them itself."""
+    _kafka_log.warning("kafka: %s", err.str())
 
 
 def client_config() -> dict[str, Any]:
