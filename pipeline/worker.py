@@ -55,7 +55,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline import metrics
 from pipeline.alarms import Summary, kind_of
-from pipeline.connection import client_config
+from pipeline.connection import client_config, wake_fetchers
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.handler import Incoming, InvocationHandler
 from pipeline.lanes import TP, Lanes
@@ -181,6 +181,8 @@ class Worker:
         #: calls for the consumer thread to make on the consumer, between polls
         self._ops: deque[Callable[[Consumer], None]] = deque()
         self._paused = False
+        #: KIP-848's consumer protocol hands partitions over one by one; the classic one (range) all at once
+        self._incremental = settings.group_protocol == "consumer"
         self._closing = threading.Event()
         self._poller: threading.Thread | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -268,15 +270,32 @@ class Worker:
         plans = self.recovery.plan(tps)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in tps})
+        self._hand_back(consumer, partitions, added=True)
         if tps:
             log.info("assigned partitions %s (planned in %.0f ms)", _numbers(tps), _ms_since(began))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._release([TP(p.topic, p.partition) for p in partitions], commit=True)
+        self._hand_back(consumer, partitions, added=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # already someone else's (session timed out): committing now would fail or overwrite theirs
         self._release([TP(p.topic, p.partition) for p in partitions], commit=False)
+        self._hand_back(consumer, partitions, added=False)
+
+    def _hand_back(self, consumer: Consumer, partitions: list[TopicPartition], *, added: bool) -> None:
+        """Ends a rebalance callback: applies the change (what confluent-kafka would do after the
+        callback returns), then wakes the fetchers librdkafka paused for the callback's length."""
+        if self._incremental:
+            if added:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.incremental_unassign(partitions)
+        elif added:
+            consumer.assign(partitions)
+        else:
+            consumer.unassign()
+        wake_fetchers(consumer)
 
     def _release(self, tps: list[TP], *, commit: bool) -> None:
         """Consumer thread: wait (bounded) for the loop to finish the revoked partitions' requests, then
@@ -418,5 +437,6 @@ def _pause_or_resume(consumer: Consumer, *, pause: bool) -> None:
             consumer.pause(assignment)
         else:
             consumer.resume(assignment)
+            wake_fetchers(consumer)
     except KafkaException as exc:
         log.warning("pause/resume of the invocations partitions failed: %s", exc)

@@ -1,4 +1,4 @@
-"""``scriptforge bench sandbox|pipeline``: benchmarks that print their figures and ratios as JSON."""
+"""``scriptforge bench sandbox|pipeline|rebalance``: benchmarks printing figures and ratios as JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    p.add_argument("target", choices=["sandbox", "pipeline"], help="what to measure")
+    p.add_argument("target", choices=["sandbox", "pipeline", "rebalance"], help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
     sandbox = p.add_argument_group("sandbox")
@@ -45,6 +45,13 @@ def register(subparsers: Any) -> None:
         "--drain", type=int, default=30_000, help="backlog one freshly started worker drains (0: skip)"
     )
     pipeline.add_argument("--profile-worker", metavar="FILE", help="run the worker under cProfile into FILE")
+    rebalance = p.add_argument_group("rebalance")
+    rebalance.add_argument(
+        "--callback-ms", type=float, default=50.0, help="how long each slow rebalance callback takes"
+    )
+    rebalance.add_argument(
+        "--rebalance-rounds", type=int, default=3, help="rounds of the three series (about 26 s each)"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -54,6 +61,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
         report = asyncio.run(bench(args.runs, args.processes, args.attack_seconds))
         print(format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    if args.target == "rebalance":
+        from pipeline import rebalance_bench
+
+        report = rebalance_bench.bench(settings.broker, args.rebalance_rounds, args.callback_ms)
+        print(rebalance_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
     try:
