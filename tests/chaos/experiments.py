@@ -72,6 +72,7 @@ def worker_kill(rig: Rig, f: Findings) -> None:
     ends = [k.killed_at for k in kills[1:]] + [rig.phases.start_of("grace") or time.monotonic()]
     for index, (kill, end) in enumerate(zip(kills, ends, strict=True)):
         kill.until = end
+        kill.next_owned = kills[index + 1].owned if index + 1 < len(kills) else set()
         f.recovery(f"kill {index + 1} (from the replacement's start)", kill.replacement.started, end)
     _report_kills(rig, f, kills)
 
@@ -83,6 +84,26 @@ class _Kill:
         self.killed_at = killed_at
         self.owned = owned
         self.until = math.inf
+        #: the next kill's victim's partitions: their requests still waiting at that kill are its own
+        self.next_owned: set[int] = set()
+
+    def survivors(self, window: list[Request]) -> list[Request]:
+        """The requests of ``window`` on the partitions the survivors owned, less those the next kill
+        held up (sent just before it to its victim)."""
+        return [
+            r
+            for r in window
+            if r.partition not in self.owned
+            and not (r.partition in self.next_owned and (r.answered is None or r.answered > self.until))
+        ]
+
+    def moved(self, survivors: list[Request]) -> set[int]:
+        """The survivors' partitions that went to the replacement (it answered some of their requests)."""
+        return {
+            r.partition
+            for r in survivors
+            if r.partition is not None and worker_pid(r.worker) == self.replacement.pid
+        }
 
 
 def _next_victim(rig: Rig, k: int) -> WorkerProcess:
@@ -113,6 +134,8 @@ def _report_kills(rig: Rig, f: Findings, kills: list[_Kill]) -> None:
     before = rig.phases.get("before")
     killed_side: list[Request] = []
     survivor_side: list[Request] = []
+    kept_side: list[Request] = []
+    moved_side: list[Request] = []
     survivors_before: list[Request] = []
     per_kill: list[dict[str, object]] = []
     slow: list[float | None] = []
@@ -120,8 +143,11 @@ def _report_kills(rig: Rig, f: Findings, kills: list[_Kill]) -> None:
     for kill in kills:
         window = [r for r in normal if kill.killed_at <= r.scheduled < kill.until and r.partition is not None]
         killed_side += [r for r in window if r.partition in kill.owned]
-        survivors_now = [r for r in window if r.partition not in kill.owned]
+        survivors_now = kill.survivors(window)
         survivor_side += survivors_now
+        moved = kill.moved(survivors_now)
+        moved_side += [r for r in survivors_now if r.partition in moved]
+        kept_side += [r for r in survivors_now if r.partition not in moved]
         # when the survivors are held up: while the dead worker's partitions wait (the first 2 s), or
         # when partitions move to the replacement as it joins (after its start-up)
         shown = timeline(survivors_now, kill.killed_at, kill.until, 0.5, 12)
@@ -140,6 +166,12 @@ def _report_kills(rig: Rig, f: Findings, kills: list[_Kill]) -> None:
     f.figure(
         "survivors' partitions p99 ms before -> after each kill",
         f"{fmt_ms(before_survivors.p99_ms)} -> {fmt_ms(during_survivors.p99_ms)}",
+    )
+    # a partition handed from a survivor to the replacement waits out the handover (the survivor's
+    # release, then the replacement's next heartbeat and its plan); the kept ones should not notice
+    f.figure(
+        "survivors' partitions p99 ms, kept / moved to the replacement",
+        f"{fmt_ms(latency_stats(kept_side).p99_ms)} / {fmt_ms(latency_stats(moved_side).p99_ms)}",
     )
     f.figure("survivors' p99 ms per 0.5 s window from each kill", survivor_timelines)
     slow_survivors = sum(1 for r in survivor_side if latency(r) > 1000.0)

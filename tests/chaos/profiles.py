@@ -64,7 +64,6 @@ LONG = Profile(
     before_s=10.0,
     after_s=15.0,
     grace_s=30.0,
-    window_s=1.0,
     stable_s=3.0,
     kills=5,
     sandbox_kill_rounds=10,
