@@ -1,1 +1,2 @@
-"""ScriptForge's Kafka side: topics, codecs, the invocation agent, registry, client, CLI."""
+"""ScriptForge's Kafka side, one package per concept: the wire format, the worker, the script registry,
+the routing engine's client, observability, the local broker, benchmarks and the CLI (README, Layout)."""

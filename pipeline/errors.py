@@ -1,7 +1,7 @@
 """The errors ScriptForge raises, as one small hierarchy.
 
 Every error says what was wrong and what to do in its message, and whether trying again may help
-(``retriable``), in the manner of aiokafka. Boundaries (the CLI, the HTTP API, the invocation agent)
+(``retriable``), in the manner of aiokafka. Boundaries (the CLI, the worker's invocation handler)
 translate them: the CLI prints the message on one line and exits non-zero.
 """
 
@@ -57,7 +57,7 @@ class NotAvailableError(ScriptForgeError):
 
 
 class CodecError(ScriptForgeError):
-    """A message could not be encoded or decoded with the Avro schemas (pipeline.codec).
+    """A message could not be encoded or decoded with the Avro schemas (pipeline.wire.codec).
 
     ``dead_letter_reason`` is the DeadLetter.reason a consumer records for it. Not retriable: the same
     bytes fail the same way.

@@ -73,7 +73,7 @@ class Settings:
     event_loop: str = _env_field(  # type: ignore[assignment]
         "uvloop",
         "SCRIPTFORGE_EVENT_LOOP",
-        "event loop of a worker: uvloop (libuv, the faster: see pipeline/commands/worker.py) or asyncio",
+        "event loop of a worker: uvloop (libuv, the faster: see pipeline/cli/worker.py) or asyncio",
     )
     test_crash_on: str = _env_field(  # type: ignore[assignment]
         "",

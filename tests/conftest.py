@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.broker import LOCAL_HOSTS, LocalBroker, probe_kafka, split_host_port
+from pipeline.broker.local import LOCAL_HOSTS, LocalBroker, probe_kafka, split_host_port
 from pipeline.errors import ScriptForgeError
 from pipeline.settings import Settings
 from tests.ci import unavailable

@@ -1,5 +1,5 @@
-"""Alarms and summarised logs (pipeline.alarms): the first line of a kind at once, then one per interval
-saying how many were held back; every alarm counted."""
+"""Alarms and summarised logs (pipeline.observability.alarms): the first line of a kind at once, then
+one per interval saying how many were held back; every alarm counted."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from pipeline.alarms import Alarm, Summary, SummaryFilter
+from pipeline.observability.alarms import Alarm, Summary, SummaryFilter
 
 
 def test_a_summary_logs_the_first_of_a_kind_and_counts_what_it_holds_back(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr("pipeline.alarms.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("pipeline.observability.alarms.time.monotonic", lambda: clock[0])
     summary = Summary(logging.getLogger("t.summary"), interval=10)
     with caplog.at_level(logging.WARNING, "t.summary"):
         for _ in range(500):

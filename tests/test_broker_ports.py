@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from pipeline.broker import _port_in_use
+from pipeline.broker.local import _port_in_use
 
 
 def _listener() -> tuple[socket.socket, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.client import RecentIds
+from pipeline.client.client import RecentIds
 
 
 def test_recent_ids_forget_the_oldest_beyond_capacity() -> None:

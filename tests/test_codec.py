@@ -14,7 +14,8 @@ import pytest
 from fastavro import schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
-from pipeline.codec import (
+from pipeline.errors import CodecError, MalformedMessageError, ScriptForgeError, UnknownSchemaError
+from pipeline.wire.codec import (
     HEADER_SIZE,
     MARKER,
     SchemaCatalogue,
@@ -23,8 +24,7 @@ from pipeline.codec import (
     default_catalogue,
     where,
 )
-from pipeline.errors import CodecError, MalformedMessageError, ScriptForgeError, UnknownSchemaError
-from pipeline.records import (
+from pipeline.wire.records import (
     RECORD_TYPES,
     DeadLetter,
     InvocationReply,

@@ -1,4 +1,4 @@
-"""Per-script lanes (pipeline.lanes): one lane's events run in order, lanes run concurrently, and a
+"""Per-script lanes (pipeline.worker.lanes): one lane's events run in order, lanes run concurrently, and a
 partition's commit position only ever covers finished events, however the lanes finish (no Kafka)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.lanes import Lanes, each
+from pipeline.worker.lanes import Lanes, each
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
-from pipeline import metrics
+from pipeline.observability import metrics
 
 
 def _stats(lags: dict[str, int]) -> str:

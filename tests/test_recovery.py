@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.lanes import TP
-from pipeline.recovery import (
+from pipeline.settings import Settings
+from pipeline.worker.lanes import TP
+from pipeline.worker.recovery import (
     IsolatedEvent,
     Isolation,
     Recovery,
@@ -21,7 +22,6 @@ from pipeline.recovery import (
     partition_key,
     plan_assignment,
 )
-from pipeline.settings import Settings
 
 ME, OTHER = "host:2", "host:1"
 

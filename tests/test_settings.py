@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.commands.worker import loop_factory
+from pipeline.cli.worker import loop_factory
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 

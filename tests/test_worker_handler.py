@@ -7,17 +7,17 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
-from pipeline.codec import codec
+from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
 from pipeline.errors import BrokerError, DeliveryError
-from pipeline.handler import REPLY_TRIES, InvocationHandler
-from pipeline.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition
 from pipeline.settings import Settings
+from pipeline.wire.codec import codec
+from pipeline.wire.records import DeadLetter, InvocationReply, InvocationRequest, ScriptDefinition
+from pipeline.worker.handler import REPLY_TRIES, InvocationHandler
 from sandbox.types import Outcome, Reason, ScriptType
 
 
 class FakeOutput:
-    """pipeline.output.Output's interface: every message delivered at once."""
+    """pipeline.worker.output.Output's interface: every message delivered at once."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []

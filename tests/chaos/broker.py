@@ -15,9 +15,9 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from pipeline.broker import LocalBroker, probe_kafka
+from pipeline.broker.local import LocalBroker, probe_kafka
 from pipeline.settings import Settings
-from pipeline.topics import TopicSpec, create_topics, delete_topics
+from pipeline.wire.topics import TopicSpec, create_topics, delete_topics
 
 from .kafka import admin, quiet
 

@@ -15,8 +15,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from pipeline.codec import HEADER_SIZE, MARKER, codec
-from pipeline.records import InvocationRequest
+from pipeline.wire.codec import HEADER_SIZE, MARKER, codec
+from pipeline.wire.records import InvocationRequest
 
 from . import scripts as js
 from .harness import Experiment, Findings

@@ -16,12 +16,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.codec import codec
-from pipeline.connection import RECONNECT_MAX_MS, RECONNECT_MS
 from pipeline.errors import CodecError
-from pipeline.records import DeadLetter
+from pipeline.kafka.connection import RECONNECT_MAX_MS, RECONNECT_MS
 from pipeline.settings import Settings
-from pipeline.topics import TopicSpec, create_topics, delete_topics, ensure_topics
+from pipeline.wire.codec import codec
+from pipeline.wire.records import DeadLetter
+from pipeline.wire.topics import TopicSpec, create_topics, delete_topics, ensure_topics
 
 _QUIET = logging.getLogger("scriptforge.chaos.librdkafka")
 _QUIET.addHandler(logging.NullHandler())
@@ -32,7 +32,7 @@ _DEAD = codec(DeadLetter)
 
 def quiet(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with librdkafka's log lines and error callbacks silenced, reconnecting as the routing
-    engine's client does (pipeline/connection.py), so a broker restart measures the workers, not a
+    engine's client does (pipeline/kafka/connection.py), so a broker restart measures the workers, not a
     load generator still backing off."""
     return {
         **config,

@@ -29,10 +29,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
-from pipeline.codec import codec
+from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
 from pipeline.errors import CodecError
-from pipeline.records import InvocationReply, InvocationRequest
+from pipeline.wire.codec import codec
+from pipeline.wire.records import InvocationReply, InvocationRequest
 
 from .kafka import quiet
 from .scripts import ScriptRef

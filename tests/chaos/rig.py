@@ -12,9 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.registry import ScriptRegistry
+from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.topics import Topics
+from pipeline.wire.topics import Topics
 
 from . import scripts as js
 from .broker import ChaosBroker

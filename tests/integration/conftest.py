@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from pipeline.client import InvocationClient
+from pipeline.client.client import InvocationClient
 from pipeline.settings import Settings
-from pipeline.worker import Worker
+from pipeline.worker.worker import Worker
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

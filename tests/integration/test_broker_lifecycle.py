@@ -1,4 +1,4 @@
-"""The local broker (pipeline.broker.LocalBroker): restart keeps data; bad situations give clear errors.
+"""The local broker (pipeline.broker.local.LocalBroker): restart keeps data; bad situations give clear errors.
 
 Each test runs its own LocalBroker on free ports with its own data directory, so the session broker
 (kafka_bootstrap) is never disturbed.
@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.broker import KAFKA_HOME, LocalBroker, java_major_version, probe_kafka
+from pipeline.broker.local import KAFKA_HOME, LocalBroker, java_major_version, probe_kafka
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import Settings
 

@@ -22,13 +22,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.client import InvocationClient
-from pipeline.codec import codec
-from pipeline.records import DeadLetter, InvocationRequest, ScriptState
-from pipeline.registry import ScriptRegistry
+from pipeline.client.client import InvocationClient
+from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.topics import Topics, delete_topics
-from pipeline.worker import Worker
+from pipeline.wire.codec import codec
+from pipeline.wire.records import DeadLetter, InvocationRequest, ScriptState
+from pipeline.wire.topics import Topics, delete_topics
+from pipeline.worker.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -169,7 +169,7 @@ async def test_unknown_script_is_not_found(client: InvocationClient) -> None:
 async def test_consumer_lag_is_reported_per_assigned_partition(worker: Worker) -> None:
     from prometheus_client import REGISTRY
 
-    from pipeline.worker import LAG_INTERVAL_MS
+    from pipeline.worker.worker import LAG_INTERVAL_MS
 
     deadline = time.monotonic() + LAG_INTERVAL_MS / 1000 + 5.0
     partitions: set[str] = set()

@@ -19,13 +19,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from pipeline.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
-from pipeline.codec import codec
-from pipeline.records import DeadLetter, InvocationReply, InvocationRequest
-from pipeline.registry import ScriptRegistry
+from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
+from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.topics import Topics, delete_topics
-from pipeline.worker import Worker
+from pipeline.wire.codec import codec
+from pipeline.wire.records import DeadLetter, InvocationReply, InvocationRequest
+from pipeline.wire.topics import Topics, delete_topics
+from pipeline.worker.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 

@@ -1,4 +1,4 @@
-"""SplitProducer (pipeline/producers.py) against the real broker: a lone message goes out on the prompt
+"""SplitProducer (pipeline/kafka/producers.py) against the real broker: a lone message goes out on the prompt
 producer, a burst mostly on the batching one, and every message is delivered either way."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.producers import PROMPT_BELOW, SplitProducer
+from pipeline.kafka.producers import PROMPT_BELOW, SplitProducer
 
 pytestmark = pytest.mark.kafka
 

@@ -23,12 +23,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.client import InvocationClient
-from pipeline.codec import codec
-from pipeline.records import DeadLetter
-from pipeline.registry import ScriptRegistry
+from pipeline.client.client import InvocationClient
+from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.topics import Topics, delete_topics
+from pipeline.wire.codec import codec
+from pipeline.wire.records import DeadLetter
+from pipeline.wire.topics import Topics, delete_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

@@ -1,0 +1,77 @@
+"""``scriptforge bench sandbox|pipeline|rebalance``: benchmarks printing figures and ratios as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from pipeline.errors import NotAvailableError
+from pipeline.settings import Settings
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
+    p.add_argument("target", choices=["sandbox", "pipeline", "rebalance"], help="what to measure")
+    p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
+    p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
+    sandbox = p.add_argument_group("sandbox")
+    sandbox.add_argument(
+        "--attack-seconds",
+        type=float,
+        default=2.0,
+        help="how long the victim is measured beside each class of attack (and half that alone)",
+    )
+    pipeline = p.add_argument_group("pipeline")
+    pipeline.add_argument("--rate", type=int, default=1000, help="fixed-phase request rate per second")
+    pipeline.add_argument("--seconds", type=float, default=10.0, help="length of the fixed phase")
+    pipeline.add_argument("--ramp", help="comma-separated rates of the max-rate ramp (250,500,...,20000)")
+    pipeline.add_argument("--ramp-seconds", type=float, default=3.0, help="length of each ramp step")
+    pipeline.add_argument(
+        "--p99-limit-ms", type=float, default=250.0, help="a ramp step is sustainable below this p99"
+    )
+    pipeline.add_argument("--scripts", type=int, default=8, help="script names the requests spread over")
+    pipeline.add_argument("--timeout-ms", type=int, default=60_000, help="each request's deadline")
+    pipeline.add_argument("--grace", type=float, default=10.0, help="seconds to wait for replies after")
+    pipeline.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="the fixed phase in this many rounds, echo and ScriptForge in turn",
+    )
+    pipeline.add_argument(
+        "--drain", type=int, default=30_000, help="backlog one freshly started worker drains (0: skip)"
+    )
+    pipeline.add_argument("--profile-worker", metavar="FILE", help="run the worker under cProfile into FILE")
+    rebalance = p.add_argument_group("rebalance")
+    rebalance.add_argument(
+        "--callback-ms", type=float, default=50.0, help="how long each slow rebalance callback takes"
+    )
+    rebalance.add_argument(
+        "--rebalance-rounds", type=int, default=3, help="rounds of the three series (about 26 s each)"
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, settings: Settings) -> int:
+    if args.target == "sandbox":
+        from sandbox.bench import bench, format_report
+
+        report = asyncio.run(bench(args.runs, args.processes, args.attack_seconds))
+        print(format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    if args.target == "rebalance":
+        from pipeline.bench import rebalance as rebalance_bench
+
+        report = rebalance_bench.bench(settings.broker, args.rebalance_rounds, args.callback_ms)
+        print(rebalance_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    try:
+        from pipeline.bench.pipeline import run_pipeline_bench  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:
+        raise NotAvailableError("scriptforge bench pipeline is not available yet in this version") from None
+    return int(run_pipeline_bench(args, settings))

@@ -1,0 +1,75 @@
+"""``scriptforge run FILE --vars JSON``: one local run of a script, no Kafka; prints the Outcome JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.args import pair, parse_now, parse_vars, read_source, script_limits
+from pipeline.errors import UsageError
+from pipeline.settings import Settings
+from sandbox import Invocation, LocalHost, Outcome, Reason, SandboxPool, Script, ScriptType
+from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run a script locally and print its Outcome JSON")
+    p.add_argument("file", help="the script's JavaScript file")
+    p.add_argument("--vars", default="{}", help="the invocation variables, as JSON (default {})")
+    p.add_argument("--type", choices=[t.value for t in ScriptType], default="app", help="script type")
+    p.add_argument("--function", help="function to call (drivers: a module.exports name; default main)")
+    p.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS, help="run-time limit")
+    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory limit")
+    p.add_argument("--now", help="the invocation's timestamp, ISO 8601 (default: now)")
+    p.add_argument("--call-id", default="local", help="the call id (seeds Math.random)")
+    p.add_argument(
+        "--userspace",
+        action="append",
+        default=[],
+        metavar="AREA=FILE.csv",
+        help="load a user-space list from CSV (repeatable)",
+    )
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="process.env entry")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, settings: Settings) -> int:
+    timeout_ms, memory_mb = script_limits(args.timeout_ms, args.memory_mb)
+    script = Script(
+        name=Path(args.file).stem,
+        source=read_source(args.file),
+        type=ScriptType(args.type),
+        timeout_ms=timeout_ms,
+        memory_mb=memory_mb,
+        env=dict(pair("--env", item) for item in args.env),
+    )
+    invocation = Invocation(
+        vars=parse_vars(args.vars),
+        call_id=args.call_id,
+        now_ms=parse_now(args.now),
+        function=args.function,
+    )
+    host = LocalHost()
+    for item in args.userspace:
+        area, path = pair("--userspace", item)
+        try:
+            host.load_csv(area, path, account=script.account)
+        except OSError as exc:
+            raise UsageError(f"--userspace {item}: cannot read {path}: {exc.strerror}") from None
+    outcome = asyncio.run(_run_once(host, script, invocation))
+    json.dump(outcome.to_json(), sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0 if outcome.ok else 1
+
+
+async def _run_once(host: LocalHost, script: Script, invocation: Invocation) -> Outcome:
+    """The run's Outcome, whatever happens: a sandbox that cannot even start is a ``crash`` too."""
+    try:
+        async with SandboxPool(host=host, processes=1) as pool:
+            return await pool.run(script, invocation)
+    except Exception as exc:
+        return Outcome.failure(Reason.CRASH, 500, f"the sandbox could not run the script: {exc}")

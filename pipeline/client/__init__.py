@@ -1,0 +1,1 @@
+"""The routing engine's side: publish an invocation request, wait for its Outcome."""

@@ -1,1 +1,0 @@
-"""One module per ``scriptforge`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Customer scripts as deployed versions: the registry on a compacted topic."""

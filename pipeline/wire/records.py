@@ -1,0 +1,451 @@
+"""Typed records of everything ScriptForge puts on a topic, one dataclass per Avro schema in ``schemas/``.
+
+Each record has ``to_dict()`` (the Avro datum: field name -> value, what fastavro writes) and
+``from_dict()`` (the reverse, strict: a missing or unexpected field is a
+:class:`~pipeline.errors.MalformedMessageError` naming it). :mod:`pipeline.wire.codec` turns them into bytes.
+
+The dataclasses are ``slots=True`` but not frozen: a frozen dataclass costs about 1.5 µs more to build,
+and these sit on the per-call hot path. Treat them as values all the same (``dataclasses.replace``).
+
+The field names and order of each dataclass are those of its schema's current version; the tests check
+that they stay in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+import orjson
+
+from pipeline.errors import MalformedMessageError
+from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Invocation, Outcome, Script, ScriptType
+
+NAMESPACE = "scriptforge"
+
+
+class ScriptState(StrEnum):
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+def _build(cls: type[Any], data: Any, where: str | None) -> Any:
+    """``cls(**data)``, turning a missing, unexpected or non-mapping input into a clear error."""
+    try:
+        return cls(**data)
+    except TypeError:
+        pass
+    place = f" ({where})" if where else ""
+    if not isinstance(data, dict):
+        raise MalformedMessageError(
+            f"{cls.__name__}{place} must be an object of fields, not {type(data).__name__}"
+        ) from None
+    names = [f.name for f in dataclasses.fields(cls)]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [n for n in required if n not in data]
+    unexpected = sorted(k for k in data if k not in names)
+    problems = []
+    if missing:
+        problems.append("missing required field(s) " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected field(s) " + ", ".join(map(str, unexpected)))
+    raise MalformedMessageError(
+        f"{cls.__name__}{place} is invalid: " + ("; ".join(problems) or "bad field values")
+    ) from None
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass(slots=True)
+class InvocationRequest:
+    """One request to run a script (schemas/invocation_request.avsc); Kafka key: ``script``."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.InvocationRequest"
+
+    call_id: str
+    script: str
+    vars_json: str
+    reply_topic: str
+    deadline_ms: int
+    timestamp_ms: int
+    account: str
+    request_id: str = ""
+    version: int | None = None
+    function: str | None = None
+    attempt: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        call_id: str,
+        script: str,
+        vars: Any,
+        reply_topic: str,
+        deadline_ms: int,
+        timestamp_ms: int,
+        account: str,
+        **extra: Any,
+    ) -> Self:
+        """Build a request from the invocation variables as Python values (serialised to JSON)."""
+        return cls(
+            call_id=call_id,
+            script=script,
+            vars_json=_json_text(vars),
+            reply_topic=reply_topic,
+            deadline_ms=deadline_ms,
+            timestamp_ms=timestamp_ms,
+            account=account,
+            **extra,
+        )
+
+    @property
+    def vars(self) -> Any:
+        """The invocation variables, parsed from ``vars_json``."""
+        try:
+            return orjson.loads(self.vars_json)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessageError(
+                f"InvocationRequest call_id={self.call_id!r} has vars_json that is not JSON: {exc}"
+            ) from None
+
+    @property
+    def correlation_id(self) -> str:
+        return self.request_id or self.call_id
+
+    @property
+    def kafka_key(self) -> bytes:
+        """The Kafka key the request must carry: it picks the partition and the lane that keep one
+        script's requests in order (a worker refuses a request keyed otherwise)."""
+        return self.script.encode()
+
+    def to_invocation(self) -> Invocation:
+        """The sandbox's view of this request."""
+        return Invocation(
+            vars=self.vars,
+            call_id=self.call_id,
+            now_ms=self.timestamp_ms,
+            function=self.function,
+            deadline_ms=self.deadline_ms,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "request_id": self.request_id,
+            "script": self.script,
+            "version": self.version,
+            "function": self.function,
+            "vars_json": self.vars_json,
+            "reply_topic": self.reply_topic,
+            "deadline_ms": self.deadline_ms,
+            "timestamp_ms": self.timestamp_ms,
+            "account": self.account,
+            "attempt": self.attempt,
+            "headers": self.headers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        return result
+
+
+@dataclass(slots=True)
+class InvocationReply:
+    """The answer to one request (schemas/invocation_reply.avsc); Kafka key: ``call_id``."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.InvocationReply"
+
+    call_id: str
+    script: str
+    outcome_json: str
+    status: str
+    worker: str
+    received_ms: int
+    started_ms: int
+    finished_ms: int
+    request_id: str = ""
+    version: int | None = None
+    reason: str | None = None
+    attempt: int = 0
+
+    @classmethod
+    def for_request(
+        cls,
+        request: InvocationRequest,
+        outcome: Outcome,
+        *,
+        worker: str,
+        received_ms: int,
+        started_ms: int,
+        finished_ms: int,
+        version: int | None = None,
+    ) -> Self:
+        """The reply to ``request`` carrying ``outcome`` (as its ``to_json()`` text)."""
+        return cls(
+            call_id=request.call_id,
+            request_id=request.request_id,
+            script=request.script,
+            version=version,
+            outcome_json=_json_text(outcome.to_json()),
+            status=outcome.status,
+            reason=None if outcome.reason is None else str(outcome.reason),
+            worker=worker,
+            received_ms=received_ms,
+            started_ms=started_ms,
+            finished_ms=finished_ms,
+            attempt=request.attempt,
+        )
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.from_json(self.outcome_dict)
+
+    @property
+    def outcome_dict(self) -> dict[str, Any]:
+        """The Outcome JSON object as sent (what the CLI prints)."""
+        try:
+            value = orjson.loads(self.outcome_json)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessageError(
+                f"InvocationReply call_id={self.call_id!r} has outcome_json that is not JSON: {exc}"
+            ) from None
+        if not isinstance(value, dict) or "status" not in value:
+            raise MalformedMessageError(
+                f"InvocationReply call_id={self.call_id!r} has outcome_json that is not an Outcome object"
+            )
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "request_id": self.request_id,
+            "script": self.script,
+            "version": self.version,
+            "outcome_json": self.outcome_json,
+            "status": self.status,
+            "reason": self.reason,
+            "worker": self.worker,
+            "received_ms": self.received_ms,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        return result
+
+
+def source_sha256(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class ScriptDefinition:
+    """One deployed script version (schemas/script_definition.avsc); Kafka key: ``account/name``."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.ScriptDefinition"
+
+    account: str
+    name: str
+    version: int
+    type: ScriptType
+    source: str
+    created_ms: int
+    sha256: str
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    memory_mb: int = DEFAULT_MEMORY_MB
+    env: dict[str, str] = field(default_factory=dict)
+    state: ScriptState = ScriptState.ACTIVE
+
+    @property
+    def key(self) -> str:
+        """The Kafka key on the compacted scripts topic."""
+        return script_key(self.account, self.name)
+
+    @classmethod
+    def from_script(cls, script: Script, *, created_ms: int, state: ScriptState = ScriptState.ACTIVE) -> Self:
+        return cls(
+            account=script.account,
+            name=script.name,
+            version=script.version,
+            type=ScriptType(script.type),
+            source=script.source,
+            created_ms=created_ms,
+            sha256=source_sha256(script.source),
+            timeout_ms=script.timeout_ms,
+            memory_mb=script.memory_mb,
+            env=dict(script.env),
+            state=state,
+        )
+
+    def to_script(self) -> Script:
+        return Script(
+            name=self.name,
+            source=self.source,
+            version=self.version,
+            type=self.type,
+            timeout_ms=self.timeout_ms,
+            memory_mb=self.memory_mb,
+            env=dict(self.env),
+            account=self.account,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "name": self.name,
+            "version": self.version,
+            "type": str(self.type),
+            "source": self.source,
+            "timeout_ms": self.timeout_ms,
+            "memory_mb": self.memory_mb,
+            "env": self.env,
+            "state": str(self.state),
+            "created_ms": self.created_ms,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        try:
+            result.type = ScriptType(result.type)
+            result.state = ScriptState(result.state)
+        except ValueError as exc:
+            place = f" ({where})" if where else ""
+            raise MalformedMessageError(f"ScriptDefinition{place} is invalid: {exc}") from None
+        return result
+
+
+def script_key(account: str, name: str) -> str:
+    """Key of a script on the compacted scripts topic: ``account/name`` (accounts contain no '/')."""
+    return f"{account}/{name}"
+
+
+def route_key(account: str, route: str) -> str:
+    """Key of a route on the compacted routes topic: ``account/route``."""
+    return f"{account}/{route}"
+
+
+@dataclass(slots=True)
+class RouteAssignment:
+    """Which script a route runs (schemas/route_assignment.avsc); Kafka key: ``account/route``."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.RouteAssignment"
+
+    account: str
+    route: str
+    script: str
+    created_ms: int
+    version: int | None = None
+    vars_json: str = "{}"
+
+    @property
+    def key(self) -> str:
+        return route_key(self.account, self.route)
+
+    @property
+    def vars(self) -> Any:
+        try:
+            return orjson.loads(self.vars_json)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessageError(
+                f"RouteAssignment {self.key!r} has vars_json that is not JSON: {exc}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "route": self.route,
+            "script": self.script,
+            "version": self.version,
+            "vars_json": self.vars_json,
+            "created_ms": self.created_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        return result
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message given up on (schemas/dead_letter.avsc), with its original bytes; on scriptforge.dlq."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.DeadLetter"
+
+    reason: str
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_value: bytes
+    attempts: int
+    failed_ms: int
+    worker: str
+    original_key: bytes | None = None
+    original_timestamp_ms: int | None = None
+    #: Kafka headers as the clients give them: (key, value) pairs, keys may repeat
+    original_headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    call_id: str | None = None
+    #: the original value's size in bytes (None in records written before the field existed)
+    original_size: int | None = None
+    #: a reference: ``original_value`` is only the first bytes of a value too large to carry whole
+    value_truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "source_topic": self.source_topic,
+            "source_partition": self.source_partition,
+            "source_offset": self.source_offset,
+            "original_key": self.original_key,
+            "original_value": self.original_value,
+            "original_size": self.original_size,
+            "value_truncated": self.value_truncated,
+            "original_timestamp_ms": self.original_timestamp_ms,
+            "original_headers": [{"key": k, "value": v} for k, v in self.original_headers],
+            "call_id": self.call_id,
+            "attempts": self.attempts,
+            "failed_ms": self.failed_ms,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        headers = result.original_headers
+        if headers:
+            try:
+                result.original_headers = [
+                    (h["key"], h.get("value")) if isinstance(h, dict) else (h[0], h[1]) for h in headers
+                ]
+            except (KeyError, IndexError, TypeError):
+                place = f" ({where})" if where else ""
+                raise MalformedMessageError(
+                    f"DeadLetter{place} has original_headers that are not (key, value) pairs"
+                ) from None
+        return result
+
+
+#: every record type, by Avro full name
+RECORD_TYPES: dict[str, type[Any]] = {
+    cls.SCHEMA: cls
+    for cls in (InvocationRequest, InvocationReply, ScriptDefinition, RouteAssignment, DeadLetter)
+}

@@ -1,0 +1,442 @@
+"""The worker: invocation requests from Kafka, runs in the sandbox, replies by call id.
+
+Flow of one request: the consumer thread hands batches of messages to the loop → each goes to its
+script's lane (:mod:`pipeline.worker.lanes`) → a lane hands what it has queued to
+``InvocationHandler.handle_many`` (:mod:`pipeline.worker.handler`: decode → deadline → registry
+lookup) → the runnable ones go to the SandboxPool as one batch of that script, run in order in one
+sandbox process → each reply is produced to the request's reply topic, keyed by call id, as its run
+ends (:mod:`pipeline.worker.output`) → once the reply's delivery is confirmed the request is
+*finished*, and only finished requests are committed. Every failure becomes a reply and/or a
+dead-letter record inside the handler.
+
+Ordering and commits: one script's requests run in order (its lane hands them over in order, the
+sandbox runs a batch in order, a crashed run is retried in place), different scripts concurrently;
+each partition's committed offset only covers a contiguous prefix of finished requests
+(``Lanes.advanced``, committed every 200 ms; on revocation the revoked partitions' requests are
+awaited, bounded, and committed synchronously).
+
+Crash recovery (:mod:`pipeline.worker.recovery`): a partition whose previous owner died without progress runs
+its backlog one request at a time, and a request that keeps killing the worker is dead-lettered
+(``InvocationHandler.give_up``) instead of being run forever.
+
+Why batches: with one request per lane turn and per sandbox message, a script's lane was bound by its
+cycle time (request → sandbox round trip → a loop turn) and every request cost several wake-ups of
+several processes; one worker fell behind at 2,000/s with cores to spare. Batched, a backlog drains at
+5,200-5,600/s with the cores full, and most of a request's CPU is what it costs to wake the parts up
+when requests come one at a time (docs/pipeline.md has the figures).
+
+Why the invocation path uses confluent-kafka directly, not Faust: with the Faust agent (faust-streaming
+0.15.3 on aiokafka 0.14) one worker sustained 500-1,000 invocations/s and its p99 at 1,000/s was 1-2.7 s
+(p50 2.15 s, against a bare confluent-kafka echo's 1.8 ms on the same 2-core machine), because its main
+process spent about 0.8 ms of CPU per request, 60% of it in Faust/mode/aiokafka (the aiokafka producer
+19%, its connection 10%, mode services 16% with a task per event in the stream iterator, the Faust
+consumer 11%, stream iteration 6.5%, the conductor 6%). librdkafka fetches, batches and produces in C
+threads, so here the consumer thread hands whole batches to the loop and delivery reports come back in
+batches. The invocation path also needs exact control of commits (Faust's commit logic cannot be given
+out-of-order acks), which a plain consumer gives directly. faust-streaming stays a dependency for
+stateful streams (tables) that do not sit on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from pipeline.errors import BrokerError, ConfigError
+from pipeline.kafka.connection import client_config, wake_fetchers
+from pipeline.observability import metrics
+from pipeline.observability.alarms import Summary, kind_of
+from pipeline.scripts.registry import ScriptRegistry
+from pipeline.settings import Settings
+from pipeline.wire.topics import Topics, ensure_topics
+from pipeline.worker.handler import Incoming, InvocationHandler
+from pipeline.worker.lanes import TP, Lanes
+from pipeline.worker.output import Output
+from pipeline.worker.recovery import Recovery
+from sandbox.local import LocalHost
+from sandbox.pool import SandboxPool
+
+log = logging.getLogger(__name__)
+
+#: how often finished requests' offsets are committed (asynchronously; only partitions that advanced)
+COMMIT_INTERVAL = 0.2
+#: on revocation, how long to wait for the revoked partitions' requests before committing what finished
+REVOKE_WAIT = 5.0
+#: requests taken from Kafka and not yet answered before the worker pauses its partitions (and resumes
+#: at half). Each pause makes librdkafka drop what it prefetched and fetch it again on resume, so a
+#: small window starves the lanes: a backlog of 60,000 drained at 3,600/s with 1,000, 5,200/s with
+#: 5,000, 5,600/s with 10,000 and 5,200/s with 20,000 (bench pipeline --drain; the cores are full from
+#: 5,000). The price of a larger window is what a revocation must finish within REVOKE_WAIT (the rest
+#: runs again at the next owner).
+MAX_IN_FLIGHT = 5000
+#: how often librdkafka reports statistics, from which the consumer-lag gauge is set
+LAG_INTERVAL_MS = 5000
+#: most messages handed from the consumer thread to the loop at once
+POLL_BATCH = 1000
+#: the consumer thread's longest wait in poll (queued consumer calls wait at most this long)
+POLL_WAIT = 0.05
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    """The invocations consumer: commits only what the worker commits, low fetch wait for latency.
+
+    The group protocol is KIP-848's ``consumer`` by default: the broker assigns partitions and moves
+    them one at a time, so a worker joining, leaving or dying touches only the partitions that move;
+    the others keep being served. A killed worker's partitions go to the live workers once the broker
+    drops it (``group.consumer.session.timeout.ms``, 2 s in deploy/kafka). With the ``classic``
+    protocol and the eager range assignor, every rebalance revoked every partition of every worker: a
+    SIGKILLed worker paused all traffic for about 11 s (its 10 s session timeout, then a full
+    rebalance). Cooperative rebalancing in the classic protocol was no way out: librdkafka refused the
+    commit made in the revoke callback (ILLEGAL_GENERATION), so the next owner re-ran up to a few
+    hundred finished requests per handover. With the consumer protocol that commit is made with the
+    member's current epoch before the revocation is acknowledged, and it holds (docs/reliability.md has
+    the figures of both).
+
+    Session and heartbeat settings are the broker's in the consumer protocol, not the client's."""
+    config: dict[str, Any] = {
+        **client_config(),
+        "bootstrap.servers": settings.broker,
+        "group.id": group_id,
+        "client.id": f"scriptforge-worker-{worker_id()}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 5,
+        "fetch.min.bytes": 1,
+    }
+    if settings.group_protocol == "consumer":
+        config["group.protocol"] = "consumer"
+    elif settings.group_protocol == "classic":
+        config.update(
+            {
+                # a killed worker's partitions move after the session timeout: 10 s
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+                "partition.assignment.strategy": "range",
+            }
+        )
+    else:
+        raise ConfigError(
+            f"SCRIPTFORGE_GROUP_PROTOCOL={settings.group_protocol!r} is not one of: consumer, classic"
+        )
+    if settings.group_instance_id:
+        config["group.instance.id"] = settings.group_instance_id
+    return config
+
+
+class Worker:
+    """One worker process: the sandbox pool, the registry view, the invocations consumer, the lanes.
+
+    ``await worker.start()`` / ``await worker.stop()``; ``run()`` runs until cancelled.
+
+    Threads: one consumer thread polls librdkafka and hands batches of messages to the event loop;
+    rebalance callbacks run in it too, and so does every other call on the consumer (commits, pause,
+    resume: the loop queues them in ``_ops``), because confluent-kafka 2.16 serializes calls on one
+    consumer: a ``commit`` from another thread waits for a ``poll`` in progress, and with a poll always
+    in progress it waited forever (measured). One output thread serves delivery reports. Everything
+    else (lanes, handler, commit positions) runs on the loop.
+    """
+
+    def __init__(
+        self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT, metrics_port: int = 0
+    ) -> None:
+        self.settings = settings
+        #: where this worker's metrics are served (0: not served by this worker)
+        self.metrics_port = metrics_port
+        self.topics = Topics(settings)
+        self.id = worker_id()
+        #: the consumer group all workers of this topic prefix share
+        self.group_id = settings.worker_group
+        self.registry = ScriptRegistry(settings)
+        processes = settings.sandbox_processes or None
+        self.pool = SandboxPool(host=LocalHost(), processes=processes, on_restart=_sandbox_restarted)
+        # the largest record it sends is a dead letter (replies are bounded far below by the sandbox)
+        self.output = Output(
+            settings.broker, max_record_bytes=settings.max_dead_letter_bytes + 65_536, client=client_config()
+        )
+        self.handler = InvocationHandler(self.output, settings, self.registry, self.pool, self.id)
+        self.recovery = Recovery(settings, self.id, self.handler, group_id=self.group_id)
+        self.lanes = Lanes(
+            self.recovery.handle_many, self.recovery.abandon, on_in_flight=self._in_flight_changed
+        )
+        self.max_in_flight = max_in_flight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: Consumer | None = None
+        self._owned: set[TP] = set()
+        #: calls for the consumer thread to make on the consumer, between polls
+        self._ops: deque[Callable[[Consumer], None]] = deque()
+        self._paused = False
+        #: KIP-848's consumer protocol hands partitions over one by one; the classic one (range) all at once
+        self._incremental = settings.group_protocol == "consumer"
+        self._closing = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._committer: asyncio.Task[None] | None = None
+        #: set with the error when the consumer fails for good (librdkafka's fatal errors)
+        self.failed: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        admin = AdminClient({**client_config(), "bootstrap.servers": self.settings.broker})
+        await asyncio.to_thread(ensure_topics, self.settings, admin)
+        await asyncio.to_thread(self.recovery.start)
+        await self.pool.start()
+        metrics.track_sandbox_restarts(self.pool.stats)
+        self.registry.start()
+        await asyncio.to_thread(self.registry.wait_caught_up)
+        loop = self._loop = asyncio.get_running_loop()
+        self.failed = loop.create_future()
+        self.output.start(loop)
+        invocations = self.topics.invocations
+        consumer = self._consumer = Consumer(
+            {
+                **consumer_config(self.settings, self.group_id),
+                "on_commit": self._on_commit,
+                "statistics.interval.ms": LAG_INTERVAL_MS,
+                "stats_cb": lambda stats: metrics.record_consumer_lag(stats, invocations),
+            }
+        )
+        consumer.subscribe(
+            [self.topics.invocations],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._poller = threading.Thread(target=self._poll, name="scriptforge-consume", daemon=True)
+        self._poller.start()
+        self._committer = loop.create_task(self._commit_periodically())
+
+    async def stop(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+        self._closing.set()
+        if self._poller is not None:
+            # the consumer thread finishes and commits the owned partitions, then leaves the group
+            await asyncio.to_thread(self._poller.join)
+        await self.lanes.close()
+        self.recovery.close()
+        self.registry.close()
+        await self.output.close()
+        await self.pool.close()
+
+    async def run(self) -> None:
+        """Runs until cancelled; raises BrokerError when the consumer fails for good."""
+        await self.start()
+        assert self.failed is not None
+        try:
+            await self.failed
+        finally:
+            await self.stop()
+
+    # ---- the consumer thread -----------------------------------------------------------------------
+    def _poll(self) -> None:
+        consumer, loop = self._consumer, self._loop
+        assert consumer is not None and loop is not None
+        dispatch, ops = self._dispatch, self._ops
+        try:
+            while not self._closing.is_set():
+                while ops:
+                    ops.popleft()(consumer)
+                first = consumer.poll(POLL_WAIT)
+                if first is None:
+                    continue
+                batch = [first, *consumer.consume(POLL_BATCH, 0)]
+                loop.call_soon_threadsafe(dispatch, batch)
+            # stopping: finish and commit what we own, then leave the group (close revokes the rest)
+            self._release([TP(p.topic, p.partition) for p in consumer.assignment()], commit=True)
+        except Exception:
+            log.exception("the invocations consumer failed")
+        finally:
+            consumer.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Consumer thread, before any message of ``partitions`` is fetched: plan crash recovery (it
+        reads the committed offsets and watermarks), then tell the loop."""
+        began = time.monotonic()
+        tps = [TP(p.topic, p.partition) for p in partitions]
+        plans = self.recovery.plan(tps)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in tps})
+        self._hand_back(consumer, partitions, added=True)
+        if tps:
+            log.info("assigned partitions %s (planned in %.0f ms)", _numbers(tps), _ms_since(began))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release([TP(p.topic, p.partition) for p in partitions], commit=True)
+        self._hand_back(consumer, partitions, added=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # already someone else's (session timed out): committing now would fail or overwrite theirs
+        self._release([TP(p.topic, p.partition) for p in partitions], commit=False)
+        self._hand_back(consumer, partitions, added=False)
+
+    def _hand_back(self, consumer: Consumer, partitions: list[TopicPartition], *, added: bool) -> None:
+        """Ends a rebalance callback: applies the change (what confluent-kafka would do after the
+        callback returns), then wakes the fetchers librdkafka paused for the callback's length."""
+        if self._incremental:
+            if added:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.incremental_unassign(partitions)
+        elif added:
+            consumer.assign(partitions)
+        else:
+            consumer.unassign()
+        wake_fetchers(consumer)
+
+    def _release(self, tps: list[TP], *, commit: bool) -> None:
+        """Consumer thread: wait (bounded) for the loop to finish the revoked partitions' requests, then
+        commit their finished prefix synchronously, before the partitions go to their next owner.
+
+        Cannot deadlock: finishing a request needs the loop, the sandbox pool and the output thread
+        (delivery reports), never this thread. Whatever is not finished in time stays uncommitted, and
+        the next owner runs it again (at-least-once)."""
+        if not tps or self._loop is None:
+            return
+        began = time.monotonic()
+        wait = REVOKE_WAIT if commit else 0.0
+        future = asyncio.run_coroutine_threadsafe(self._revoked(tps, wait), self._loop)
+        try:
+            positions = future.result(wait + 5.0)
+        except Exception:
+            log.exception("releasing %s failed; their unfinished requests run again elsewhere", tps)
+            return
+        if not (commit and positions) or self._consumer is None:
+            return
+        offsets = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in positions.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning(
+                "commit of revoked %s failed (%s): the next owner re-runs from the last commit", tps, exc
+            )
+            return
+        log.info(
+            "released partitions %s (finished and committed in %.0f ms)", _numbers(tps), _ms_since(began)
+        )
+
+    def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
+        failed = [TP(p.topic, p.partition) for p in partitions if err is not None or p.error is not None]
+        if failed and self._loop is not None:
+            log.warning("commit of %s failed (%s); committing again", failed, err)
+            self._loop.call_soon_threadsafe(self.lanes.recommit, failed)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _assigned(self, plans: dict[TP, Any]) -> None:
+        self._owned.update(plans)
+        self.recovery.assigned(plans)
+        if self._paused:
+            self._pause_or_resume(pause=True)
+
+    async def _revoked(self, tps: list[TP], wait: float) -> dict[Any, int]:
+        self._owned.difference_update(tps)
+        self.recovery.revoked(tps)
+        return await self.lanes.release(tps, wait)
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        owned, route, dispatch = self._owned, self.recovery.route, self.lanes.dispatch
+        for message in batch:
+            error = message.error()
+            if error is not None:
+                if error.fatal() or error.code() == KafkaError._FATAL:
+                    self._fail(error)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    _consumer_errors.log(logging.WARNING, error.code(), "invocations consumer: %s", error)
+                continue
+            tp = TP(message.topic(), message.partition())
+            if tp not in owned:
+                continue  # revoked since it was fetched: its next owner runs it
+            msg = Incoming(message, tp)
+            lane, item = route(msg)
+            dispatch(lane, tp, msg.offset, item)
+        if not self._paused and self.lanes.in_flight >= self.max_in_flight:
+            self._pause_or_resume(pause=True)
+
+    def _fail(self, error: KafkaError) -> None:
+        """librdkafka's consumer is unusable after a fatal error: the worker stops (its requests not
+        committed run again at the partitions' next owners) and exits, for its supervisor to start it
+        again. Example: a static member (SCRIPTFORGE_GROUP_INSTANCE_ID) started again before the broker
+        dropped the killed one it replaces is refused, UNRELEASED_INSTANCE_ID."""
+        log.critical("the invocations consumer failed for good: %s", error.str())
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_exception(BrokerError(f"the invocations consumer failed for good: {error.str()}"))
+
+    def _in_flight_changed(self, in_flight: int) -> None:
+        if self._paused and in_flight <= self.max_in_flight // 2:
+            self._pause_or_resume(pause=False)
+
+    def _pause_or_resume(self, *, pause: bool) -> None:
+        """Backpressure: stop fetching while ``max_in_flight`` requests are unfinished (librdkafka
+        drops what it prefetched and fetches again from the position on resume: nothing skipped)."""
+        self._paused = pause
+        self._ops.append(functools.partial(_pause_or_resume, pause=pause))
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            self._commit()
+            metrics.IN_FLIGHT.set(self.lanes.in_flight)
+
+    def _commit(self) -> None:
+        advanced = self.lanes.advanced()
+        if advanced:
+            offsets = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in advanced]
+            self._ops.append(functools.partial(self._commit_async, offsets))
+
+    def _commit_async(self, offsets: list[TopicPartition], consumer: Consumer) -> None:
+        """Consumer thread (an op): the result comes to ``_on_commit``.
+
+        Only partitions still assigned: an op queued before a revocation runs after it (ops run between
+        polls, revocations inside them), and its older offsets would overwrite the synchronous commit
+        of the revocation, so the next owner would run those requests again."""
+        owned = {(p.topic, p.partition) for p in consumer.assignment()}
+        offsets = [o for o in offsets if (o.topic, o.partition) in owned]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self._on_commit(exc, offsets)
+
+
+def _numbers(tps: list[TP]) -> list[int]:
+    return sorted(tp.partition for tp in tps)
+
+
+def _ms_since(began: float) -> float:
+    return (time.monotonic() - began) * 1000
+
+
+_restarts = Summary(logging.getLogger("sandbox.pool"))
+_consumer_errors = Summary(log)
+
+
+def _sandbox_restarted(why: str) -> None:
+    """Logged (summarised: a hostile script can make a few a second) and counted in the pool's stats
+    (the scriptforge_sandbox_restarts metric)."""
+    _restarts.log(logging.WARNING, kind_of(why), "%s", why)
+
+
+def _pause_or_resume(consumer: Consumer, *, pause: bool) -> None:
+    try:
+        assignment = consumer.assignment()
+        if pause:
+            consumer.pause(assignment)
+        else:
+            consumer.resume(assignment)
+            wake_fetchers(consumer)
+    except KafkaException as exc:
+        log.warning("pause/resume of the invocations partitions failed: %s", exc)
