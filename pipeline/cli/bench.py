@@ -8,7 +8,6 @@ import json
 import sys
 from typing import Any
 
-from pipeline.errors import NotAvailableError
 from pipeline.settings import Settings
 
 
@@ -70,8 +69,6 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         print(rebalance_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
-    try:
-        from pipeline.bench.pipeline import run_pipeline_bench  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:
-        raise NotAvailableError("scriptforge bench pipeline is not available yet in this version") from None
+    from pipeline.bench.pipeline import run_pipeline_bench
+
     return int(run_pipeline_bench(args, settings))

@@ -33,7 +33,7 @@ from pipeline.errors import BrokerError, CodecError
 from pipeline.kafka.connection import client_config
 from pipeline.kafka.producers import SplitProducer
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec
+from pipeline.wire.codec import codec, where
 from pipeline.wire.records import InvocationReply, InvocationRequest
 from pipeline.wire.topics import Topics, TopicSpec, create_topics, delete_topics
 from sandbox.types import Outcome, Reason
@@ -157,15 +157,18 @@ class InvocationClient:
             (HEADER_REPLY_TOPIC, request.reply_topic.encode()),
         ]
         payload = _REQUESTS.encode(request) if value is None else value
-        while True:
-            try:
-                self._producer.produce(
-                    self.topics.invocations, key=request.kafka_key, value=payload, headers=headers
-                )
-                break
-            except BufferError:  # local queue full: let librdkafka deliver some first
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        # only the replies thread polls the producer (delivery reports, error events): one thread
+        # serves its callbacks, and sending never waits on the caller's event loop
+        try:
+            self._producer.produce(
+                self.topics.invocations, key=request.kafka_key, value=payload, headers=headers
+            )
+        except BufferError:
+            raise BrokerError(
+                f"call {request.call_id} not sent: the client's send queue is full (the broker at "
+                f"{self.bootstrap} is taking requests slower than they come); send it again later",
+                retriable=True,
+            ) from None
 
     def expect(self, call_id: str) -> asyncio.Future[InvocationReply]:
         """A future for the reply to ``call_id`` (for requests produced with ``send``)."""
@@ -270,8 +273,9 @@ class InvocationClient:
                 if error.code() != KafkaError._PARTITION_EOF:
                     time.sleep(0.05)
                 continue
+            at = where(self.reply_topic, msg.partition(), msg.offset())
             try:
-                reply = _REPLIES.decode(msg.value(), where=f"{self.reply_topic}@{msg.offset()}")
+                reply = _REPLIES.decode(msg.value(), where=at)
             except CodecError:
                 continue  # not ours to fail on: a reply we cannot read is as good as none
             self._call_soon(self._deliver, reply)

@@ -21,6 +21,7 @@ polled in a daemon thread, keeping a dict that workers read: a new pointer is vi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -30,8 +31,9 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.kafka.connection import client_config
+from pipeline.observability.alarms import Alarm, Summary
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec
+from pipeline.wire.codec import codec, where
 from pipeline.wire.records import ScriptDefinition, ScriptState, script_key, source_sha256
 from pipeline.wire.topics import Topics, create_topics
 from sandbox.limits import LimitError, check_script_limits
@@ -39,6 +41,8 @@ from sandbox.syntax import check_syntax
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
 
 _CODEC = codec(ScriptDefinition)
+#: a record of the scripts topic no worker can read: the script versions it held are invisible
+_undecodable = Alarm("registry_undecodable", Summary(logging.getLogger(__name__)))
 
 
 def version_key(account: str, name: str, version: int) -> str:
@@ -78,8 +82,6 @@ class ScriptRegistry:
         self._meta = Consumer(
             {**client_config(), "bootstrap.servers": settings.broker, "group.id": "scriptforge-registry-meta"}
         )
-        #: records that could not be decoded (a newer writer's schema, garbage): skipped, counted
-        self.skipped = 0
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> ScriptRegistry:
@@ -189,18 +191,6 @@ class ScriptRegistry:
     def start_script(self, account: str, name: str) -> ScriptDefinition:
         return self._set_state(account, name, ScriptState.ACTIVE)
 
-    def activate(self, account: str, name: str, version: int) -> ScriptDefinition:
-        """Point the script at an existing ``version`` (rollback), keeping its state."""
-        self.wait_caught_up()
-        found = self._versions.get(version_key(account, name, version))
-        current = self._pointers.get(script_key(account, name))
-        if found is None:
-            raise UsageError(f"{account}/{name} has no version {version}")
-        pointer = dataclasses.replace(found, state=current.state if current else ScriptState.ACTIVE)
-        self._publish(pointer.key, pointer)
-        self._flush()
-        return pointer
-
     def _set_state(self, account: str, name: str, state: ScriptState) -> ScriptDefinition:
         self.wait_caught_up()
         current = self._pointers.get(script_key(account, name))
@@ -247,9 +237,9 @@ class ScriptRegistry:
             self._versions.pop(key, None)
             return
         try:
-            definition = _CODEC.decode(value, where=f"{self.topic}[0]@{offset}")
-        except CodecError:
-            self.skipped += 1
+            definition = _CODEC.decode(value, where=where(self.topic, 0, offset))
+        except CodecError as exc:
+            _undecodable.raise_("skipped a scripts record no worker can read: %s", exc)
             return
         with self._lock:
             if "@" in key:

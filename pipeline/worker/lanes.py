@@ -125,10 +125,12 @@ class Lanes:
     order), so a busy script's requests go to the sandbox as batches instead of one wake-up each.
     ``handle`` is expected never to raise (it turns every failure into a reply); should it raise
     anyway, the batch is handled again after a pause (events already answered may be answered twice:
-    at-least-once), and an event whose tail fails is handled again alone, rather than counted
-    finished, since committing past it would lose it. After ``max_tries`` the events are handed to
-    ``give_up`` (see the module's docstring). ``dispatch`` never waits: the caller applies
-    backpressure (the worker pauses its partitions) from ``in_flight`` and ``on_in_flight``.
+    at-least-once); after ``max_tries`` the events are handed to ``give_up`` (see the module's
+    docstring). An event whose tail fails (the handler has already retried its reply and its dead
+    letter) is handed to ``give_up`` at once: handling it again would run its script again, after
+    the later events of its lane. It is counted finished only once ``give_up`` succeeded.
+    ``dispatch`` never waits: the caller applies backpressure (the worker pauses its partitions) from
+    ``in_flight`` and ``on_in_flight``.
     """
 
     def __init__(
@@ -234,25 +236,13 @@ class Lanes:
         if exc is None:
             self._complete(acks, entry)
             return
-        self._failed("an event's output", 1, exc)
-        self._spawn(self._retry(event, acks, entry, exc))
+        # The handler already retried the reply and tried to dead-letter the request. Handling the
+        # event again would run the script a second time, after later events of its lane: out of
+        # order. Give up on it instead: answered (when it can be) and dead-lettered, never re-run.
+        _retrying.raise_("an event's output failed after the handler's own tries; giving up on it: %s", exc)
+        self._spawn(self._abandon(event, acks, entry, exc))
 
-    async def _retry(self, event: Any, acks: PartitionAcks, entry: _Entry, error: BaseException) -> None:
-        """An event whose output failed: handled again alone, then given up on."""
-        for tries in range(2, self._max_tries + 1):
-            await asyncio.sleep(self._pause(tries - 1))
-            try:
-                (tail,) = await self._handle([event])
-                if tail is not None:
-                    await tail
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = exc
-                self._failed("handling an event again", tries, exc)
-                continue
-            self._complete(acks, entry)
-            return
+    async def _abandon(self, event: Any, acks: PartitionAcks, entry: _Entry, error: BaseException) -> None:
         await self._give_up_until_done(event, error)
         self._complete(acks, entry)
 

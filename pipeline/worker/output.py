@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,8 @@ from pipeline.kafka.producers import SplitProducer
 SEND_TIMEOUT = 10.0
 #: how long the delivery thread gathers delivery reports after handing some to the loop
 DELIVERY_GATHER = 0.005
+#: when librdkafka's queue is full, how long before a record is offered again (from the loop)
+QUEUE_FULL_RETRY = 0.005
 #: how long a record for a topic the broker does not know waits for the topic to appear before it fails
 #: (librdkafka's default is 30 s): a reply topic is created before its client sends requests, so one
 #: still unknown after this is gone (a closed client's), and its replies are dead-lettered sooner
@@ -113,21 +114,19 @@ class Output:
             error = None if err is None else delivery_error(err, topic)
             self._reports.append((report, error))  # not a captured list: _hand_over swaps it
 
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=delivered)
-                return
-            except BufferError:  # librdkafka's queue is full: its threads are sending, wait a moment
-                time.sleep(0.001)
-            except KafkaException as exc:  # refused before queueing: too large, or a bad topic name
-                # settled on a later loop turn, as a delivery report would be: callers never see an
-                # outcome before send returns
-                assert self._loop is not None
-                refused: list[tuple[Report, DeliveryError | None]] = [
-                    (report, delivery_error(exc.args[0], topic))
-                ]
-                self._loop.call_soon(_settle, refused)
-                return
+        assert self._loop is not None
+        try:
+            self._producer.produce(topic, value, key, on_delivery=delivered)
+        except BufferError:
+            # librdkafka's queue is full (its 100,000 messages, far above the worker's 5,000 requests
+            # in flight): try again on a later loop turn, never by sleeping on the loop. Replies and
+            # dead letters may overtake each other anyway (SplitProducer), so nothing depends on order.
+            self._loop.call_later(QUEUE_FULL_RETRY, self._produce, topic, key, value, report)
+        except KafkaException as exc:  # refused before queueing: too large, or a bad topic name
+            # settled on a later loop turn, as a delivery report would be: callers never see an
+            # outcome before send returns
+            refused: tuple[Report, DeliveryError | None] = (report, delivery_error(exc.args[0], topic))
+            self._loop.call_soon(_settle, [refused])
 
     def _serve(self) -> None:
         loop = self._loop
