@@ -75,11 +75,6 @@ class Settings:
         "SCRIPTFORGE_EVENT_LOOP",
         "event loop of a worker: uvloop (libuv, the faster: see pipeline/cli/worker.py) or asyncio",
     )
-    test_crash_on: str = _env_field(  # type: ignore[assignment]
-        "",
-        "SCRIPTFORGE_TEST_CRASH_ON",
-        "TEST HOOK, never set in production: a call id whose run makes the worker process exit (137)",
-    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -42,3 +42,8 @@ def test_the_worker_event_loop_is_uvloop_by_default_and_a_wrong_name_is_refused(
     assert loop_factory("asyncio") is None
     with pytest.raises(ConfigError, match="SCRIPTFORGE_EVENT_LOOP='trio' is not one of: uvloop, asyncio"):
         loop_factory("trio")
+
+
+def test_the_settings_advertise_no_test_hook() -> None:
+    # tests cause their faults from outside the shipped code (tests/integration/crashing_worker.py)
+    assert "TEST" not in Settings.describe()

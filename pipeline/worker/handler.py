@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -308,11 +307,10 @@ class InvocationHandler:
         script = definition.to_script()
         pending = group
         while pending:
-            batch = self._until_crash_hook(pending)
             started = now_ms()
-            count, crash = await self._run_batch(script, definition, batch, started, tails)
+            count, crash = await self._run_batch(script, definition, pending, started, tails)
             if crash is not None:
-                job = batch[count - 1]
+                job = pending[count - 1]
                 if job.attempts < self.settings.max_attempts:
                     metrics.RETRIES.inc()
                     count -= 1  # run it again, still ahead of the script's later requests
@@ -349,19 +347,6 @@ class InvocationHandler:
 
         count = await self.pool.run_batch(script, [job.invocation() for job in batch], ended)
         return count, (crashed[0] if crashed else None)
-
-    def _until_crash_hook(self, jobs: list[_Job]) -> list[_Job]:
-        """TEST HOOK (SCRIPTFORGE_TEST_CRASH_ON): the worker dies like an OOM-killed one when the
-        request with that call id is about to run; the jobs before it run first."""
-        target = self.settings.test_crash_on
-        if not target:
-            return jobs
-        for index, job in enumerate(jobs):
-            if job.request.call_id == target:
-                if index == 0:
-                    os._exit(137)
-                return jobs[:index]
-        return jobs
 
     # ---- output ----------------------------------------------------------------------------------
     def _reply(

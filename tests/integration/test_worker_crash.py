@@ -1,12 +1,13 @@
 """A request that kills its worker process, against the real broker: bounded, dead-lettered, answered.
 
 A "poison" request makes the worker exit with status 137 (as an OOM kill would) when it starts running
-it, through the worker's test hook SCRIPTFORGE_TEST_CRASH_ON=<call id>. The test starts
-``scriptforge worker`` again after each death; the broker gives it the partition once it has dropped
-the dead member (the consumer group protocol's session timeout, 2 s in deploy/kafka). After the
-poison request has crashed its worker max_attempts times in isolation it must be dead-lettered with
-reason crash and answered crash, the worker must stay up, and every other request, published before
-and after it, must get an ok reply.
+it: the test runs ``scriptforge worker`` through crashing_worker.py beside this file, which patches the
+sandbox pool, in the worker's process only, to exit when that call id is about to run (the shipped
+worker has no such switch). The test starts the worker again after each death; the broker gives it the
+partition once it has dropped the dead member (the consumer group protocol's session timeout, 2 s in
+deploy/kafka). After the poison request has crashed its worker max_attempts times in isolation it must
+be dead-lettered with reason crash and answered crash, the worker must stay up, and every other
+request, published before and after it, must get an ok reply.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scop
 
 ECHO = "function main(d) { return {n: d.n}; }"
 MAX_ATTEMPTS = 3
+CRASHING_WORKER = Path(__file__).with_name("crashing_worker.py")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes]:
@@ -43,9 +46,10 @@ def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes
         "SCRIPTFORGE_SANDBOX_PROCESSES": "1",
         "SCRIPTFORGE_METRICS_PORT": "0",
         "SCRIPTFORGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "SCRIPTFORGE_TEST_CRASH_ON": poison,
+        # run by path, the wrapper's sys.path starts at its own folder: the checkout under test goes first
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    cmd = [sys.executable, "-m", "pipeline", "worker", "--log-level", "WARNING"]
+    cmd = [sys.executable, str(CRASHING_WORKER), poison, "worker", "--log-level", "WARNING"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
