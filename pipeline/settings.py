@@ -26,9 +26,6 @@ class Settings:
     data_dir: Path = _env_field(  # type: ignore[assignment]
         Path(".scriptforge"), "SCRIPTFORGE_DATA_DIR", "where the local broker, state and logs live"
     )
-    http: str = _env_field(  # type: ignore[assignment]
-        "127.0.0.1:8080", "SCRIPTFORGE_HTTP", "host:port of the control-plane HTTP API and console"
-    )
     topic_prefix: str = _env_field(  # type: ignore[assignment]
         "scriptforge", "SCRIPTFORGE_TOPIC_PREFIX", "prefix of every topic name (scriptforge.invocations, ...)"
     )
@@ -43,6 +40,12 @@ class Settings:
     )
     metrics_port: int = _env_field(  # type: ignore[assignment]
         9464, "SCRIPTFORGE_METRICS_PORT", "Prometheus metrics port of a worker (0 = off)"
+    )
+    metrics_host: str = _env_field(  # type: ignore[assignment]
+        "127.0.0.1",
+        "SCRIPTFORGE_METRICS_HOST",
+        "address the Prometheus metrics of a worker are served on; use 0.0.0.0 in a container, so "
+        "that a scraper outside it can reach them",
     )
     group_protocol: str = _env_field(  # type: ignore[assignment]
         "consumer",
@@ -92,17 +95,6 @@ class Settings:
         """These settings as SCRIPTFORGE_* variables: what a child process (a worker started by a test
         or a benchmark) needs to read the same settings with ``from_env``."""
         return {f.metadata["env"]: _render(getattr(self, f.name)) for f in fields(self)}
-
-    @property
-    def kafka_port(self) -> int:
-        """Port of the first bootstrap server (used by the local broker)."""
-        first = self.broker.split(",")[0]
-        try:
-            return int(first.rsplit(":", 1)[1])
-        except (IndexError, ValueError):
-            raise ConfigError(
-                f"SCRIPTFORGE_BROKER={self.broker!r} is not host:port; set it like localhost:9092"
-            ) from None
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name such as ``invocations``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY
@@ -49,3 +50,11 @@ def test_a_second_worker_on_the_host_serves_its_metrics_on_the_next_free_port(
         taken.close()
     assert served > port
     assert metrics.serve(0) == 0
+
+
+def test_metrics_are_served_on_the_given_host(free_port: Callable[[], int]) -> None:
+    # 127.0.0.2 is loopback too, but not the default address: a reply there shows the host was used
+    port = metrics.serve(free_port(), "127.0.0.2")
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=10) as reply:
+        body = reply.read().decode()
+    assert "scriptforge_runs_total" in body

@@ -44,6 +44,12 @@ def test_the_worker_event_loop_is_uvloop_by_default_and_a_wrong_name_is_refused(
         loop_factory("trio")
 
 
+def test_the_metrics_host_is_loopback_by_default_and_read_from_the_environment() -> None:
+    assert Settings().metrics_host == "127.0.0.1"
+    assert Settings.from_env({"SCRIPTFORGE_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    assert "SCRIPTFORGE_METRICS_HOST" in Settings.describe()
+
+
 def test_the_settings_advertise_no_test_hook() -> None:
     # tests cause their faults from outside the shipped code (tests/integration/crashing_worker.py)
     assert "TEST" not in Settings.describe()

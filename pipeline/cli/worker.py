@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    port = metrics.serve(settings.metrics_port)
+    port = metrics.serve(settings.metrics_port, settings.metrics_host)
     run_worker(Worker(settings, max_in_flight=args.max_in_flight, metrics_port=port), settings)
     return 0
 
@@ -74,7 +74,8 @@ async def serve_until_signalled(worker: Worker) -> None:
         loop.add_signal_handler(sig, stopping.set)
     await worker.start()
     _tune_gc()
-    metrics_at = f"; metrics on 127.0.0.1:{worker.metrics_port}" if worker.metrics_port else ""
+    host = worker.settings.metrics_host
+    metrics_at = f"; metrics on {host}:{worker.metrics_port}" if worker.metrics_port else ""
     print(f"worker {worker.id} serving {worker.topics.invocations}{metrics_at}", flush=True)
     assert worker.failed is not None
     signalled: asyncio.Future[None] = asyncio.ensure_future(_wait(stopping))

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a worker (prometheus-client), served on ``settings.metrics_port``.
+"""Prometheus metrics of a worker (prometheus-client), served on ``settings.metrics_host`` and
+``settings.metrics_port``.
 
 The metrics are module-level: prometheus-client registers each name once per process, and a process
 runs one worker (tests that start several in one process share the counters, which is harmless).
