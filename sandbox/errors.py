@@ -17,9 +17,3 @@ class PoolClosedError(SandboxError):
     """The pool was closed while a run waited for a sandbox process."""
 
     retriable = True
-
-
-class SandboxCrashed(SandboxError):
-    """A sandbox process died during a run."""
-
-    retriable = True

@@ -97,10 +97,13 @@ def check_args(method: str, spec: HostMethod, args: Sequence[Any]) -> list[Any]:
     params = spec.params
     if spec.optional_leading and len(args) < len(params):
         params = params[spec.optional_leading :]
+    # the arguments given are checked first, so the error names the first argument that is wrong: the
+    # prelude leaves an undefined value out, which must not hide a missing key before it
+    checked = [_checked(method, param, value) for param, value in zip(params, args, strict=False)]
     if len(args) < len(params):
         missing = params[len(args)]
         raise HostCallError(400, f"{method}: argument {missing.name!r} is missing")
-    return [_checked(method, param, value) for param, value in zip(params, args, strict=False)]
+    return checked
 
 
 def _checked(method: str, param: Param, value: Any) -> Any:

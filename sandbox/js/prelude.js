@@ -351,11 +351,14 @@
     };
   }
 
+  // A value to store (datastore.set, userspace create and update) is sent only when it is defined: as
+  // JSON, undefined would arrive as null, which a script may mean to store. Left out, the host names it
+  // missing, after checking the arguments before it.
   function makeDatastore() {
     return {
       get: function (key) { return hostCall('datastore.get', [keyArg(key)]); },
       set: function (key, value, ttl) {
-        return hostCall('datastore.set', [keyArg(key), value === undefined ? null : value, ttl === undefined ? null : ttl]);
+        return hostCall('datastore.set', value === undefined ? [keyArg(key)] : [keyArg(key), value, ttl === undefined ? null : ttl]);
       },
       incr: function (key, by, ttl) {
         return hostCall('datastore.incr', [keyArg(key), by === undefined ? 1 : by, ttl === undefined ? null : ttl]);
@@ -365,18 +368,18 @@
   }
 
   function makeRequire(datastore) {
-    function store() {
-      return {
-        get: function (key) { return datastore.get(key); },
-        set: function (key, value, ttl) { return datastore.set(key, value, ttl); },
-      };
-    }
+    const store = {
+      get: function (key) { return datastore.get(key); },
+      set: function (key, value, ttl) { return datastore.set(key, value, ttl); },
+    };
     // kv (values) and ko (objects) are two names of the same store in the hosted product
-    const cxKV = { kv: store(), ko: store(), incr: function (key, by, expire) { return datastore.incr(key, by, expire); } };
+    const cxKV = { kv: store, ko: store, incr: function (key, by, expire) { return datastore.incr(key, by, expire); } };
     function userspace(op) {
       const method = 'userspace.' + op;
+      const writes = op === 'create' || op === 'update';
       return function (area, key, value) {
-        return hostCall(method, op === 'create' || op === 'update' ? [area, keyArg(key), value === undefined ? null : value] : [area, keyArg(key)]);
+        if (!writes) return hostCall(method, [area, keyArg(key)]);
+        return hostCall(method, value === undefined ? [area, keyArg(key)] : [area, keyArg(key), value]);
       };
     }
     const cxUserspace = {

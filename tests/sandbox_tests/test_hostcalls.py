@@ -498,3 +498,21 @@ def test_module_limits_are_consistent() -> None:
 
     assert MAX_VALUE_BYTES == 3 * MAX_VALUE_CHARS
     assert hostcalls.MAX_TTL_S == 10 * 365 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "name"),
+    [
+        ("datastore.set", [None], "key"),
+        ("userspace.create", [None, "k"], "area"),
+        ("userspace.update", ["L", None], "key"),
+    ],
+)
+async def test_a_wrong_argument_is_named_before_a_missing_one_after_it(
+    method: str, args: list[Any], name: str
+) -> None:
+    # the prelude leaves an undefined value out: the key before it must still be the one named
+    err, session = await _rejected(method, args)
+    assert err.code == 400
+    assert f"{method}: argument {name!r} is missing (undefined or null)" in err.message
+    assert session.calls == []
