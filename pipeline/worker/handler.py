@@ -32,7 +32,7 @@ from pipeline.errors import BrokerError, CodecError, DeliveryError
 from pipeline.observability import metrics
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec
+from pipeline.wire.codec import codec, where
 from pipeline.wire.records import (
     DeadLetter,
     InvocationReply,
@@ -212,9 +212,9 @@ class InvocationHandler:
         """Decode, check the deadline, look the script up: a job to run, or the tail of the reply of a
         request answered without running (None when it has no reply topic)."""
         received = now_ms()
-        where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
+        at = where(msg.topic, msg.partition, msg.offset)
         try:
-            request = _REQUESTS.decode(msg.value, where=where)
+            request = _REQUESTS.decode(msg.value, where=at)
         except CodecError as exc:
             return await self._reject(msg, exc.dead_letter_reason, str(exc), received)
         try:
@@ -225,8 +225,8 @@ class InvocationHandler:
     async def _worker_error(
         self, msg: Any, request: InvocationRequest, exc: Exception, received: int
     ) -> asyncio.Future[None]:
-        where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
-        log.error("request %s at %s failed in the worker", request.call_id, where, exc_info=exc)
+        at = where(msg.topic, msg.partition, msg.offset)
+        log.error("request %s at %s failed in the worker", request.call_id, at, exc_info=exc)
         outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {type(exc).__name__}: {exc}")
         await self._dead_letter(msg, "worker_error", str(exc), request.attempt + 1, request.call_id)
         return self._reply(msg, request, outcome, None, received, received)
