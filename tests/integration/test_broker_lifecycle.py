@@ -1,13 +1,16 @@
 """The local broker (pipeline.broker.local.LocalBroker): restart keeps data; bad situations give clear errors.
 
 Each test runs its own LocalBroker on free ports with its own data directory, so the session broker
-(kafka_bootstrap) is never disturbed.
+(kafka_bootstrap) is never disturbed. Only the tests that get as far as running Kafka's own code (Java
+and the broker's jars) are marked ``kafka``; the others fail before that by design and run anywhere.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +22,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline.broker.local import KAFKA_HOME, LocalBroker, java_major_version, probe_kafka
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import Settings
-
-pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ def _read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
         consumer.close()
 
 
+@pytest.mark.kafka
 def test_restarted_broker_keeps_its_data(own_broker: LocalBroker) -> None:
     status = own_broker.start()
     assert status.state == "running" and status.pid is not None
@@ -88,6 +90,7 @@ def test_port_taken_by_something_else_is_a_config_error(own_broker: LocalBroker)
     assert not own_broker.pid_file.exists()
 
 
+@pytest.mark.kafka  # start() checks the storage only after finding Java and the broker's jars
 def test_corrupt_meta_properties_is_a_clear_error(own_broker: LocalBroker) -> None:
     own_broker.storage_dir.mkdir(parents=True)
     meta = own_broker.storage_dir / "meta.properties"
@@ -99,16 +102,80 @@ def test_corrupt_meta_properties_is_a_clear_error(own_broker: LocalBroker) -> No
     assert probe_kafka("127.0.0.1", own_broker.port) == "closed"
 
 
-def test_maven_failure_names_the_first_error(tmp_path: Path, free_port: Callable[[], int]) -> None:
+#: what ``mvn -B -q ... dependency:copy-dependencies`` prints when a dependency cannot be resolved
+#: (Maven 3.8/3.9, abridged); {version} is the pom's kafka.version
+_MAVEN_UNRESOLVABLE = """\
+[WARNING] The POM for org.apache.kafka:kafka_2.13:jar:{version} is missing, no dependency information \
+available
+[ERROR] Failed to execute goal on project scriptforge-local-kafka: Could not resolve dependencies for \
+project dev.scriptforge:scriptforge-local-kafka:pom:1: Could not find artifact \
+org.apache.kafka:kafka_2.13:jar:{version} in central (https://repo.maven.apache.org/maven2) -> [Help 1]
+[ERROR]
+[ERROR] To see the full stack trace of the errors, re-run Maven with the -e switch.
+[ERROR] Re-run Maven using the -X switch to enable full debug logging.
+[ERROR]
+[ERROR] For more information about the errors and possible solutions, please read the following articles:
+[ERROR] [Help 1] http://cwiki.apache.org/confluence/display/MAVEN/DependencyResolutionException
+"""
+
+
+def _fake_mvn(bin_dir: Path) -> Path:
+    """An ``mvn`` that fails like Maven does on an unresolvable dependency, without the network: it
+    reads kafka.version from the pom given with -f, leaves a partial file in -DoutputDirectory (as an
+    interrupted copy would), prints Maven's error report and exits 1. Its argv goes to ``argv.txt``."""
+    bin_dir.mkdir()
+    report = _MAVEN_UNRESOLVABLE.replace("{version}", "$version")
+    mvn = bin_dir / "mvn"
+    mvn.write_text(
+        f"""#!/bin/sh
+printf '%s\\n' "$@" > '{bin_dir / "argv.txt"}'
+pom='' out=''
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -f) pom="$2"; shift ;;
+    -DoutputDirectory=*) out="${{1#-DoutputDirectory=}}" ;;
+  esac
+  shift
+done
+version=$(sed -n 's:.*<kafka.version>\\(.*\\)</kafka.version>.*:\\1:p' "$pom")
+mkdir -p "$out" && echo partial > "$out/kafka-clients.jar.part"
+cat <<REPORT
+{report}REPORT
+exit 1
+"""
+    )
+    mvn.chmod(mvn.stat().st_mode | stat.S_IXUSR)
+    return mvn
+
+
+def test_maven_failure_names_the_first_error(
+    tmp_path: Path, free_port: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the user reads when Maven cannot fetch the jars: Maven's first real error, without its
+    boilerplate. Hermetic: a fake ``mvn`` first on PATH fails as Maven does (no network, no ~/.m2)."""
     home = tmp_path / "kafka-home"
     shutil.copytree(KAFKA_HOME, home, ignore=shutil.ignore_patterns("lib", "target"))
     pom = home / "pom.xml"
     pom.write_text(pom.read_text().replace("<kafka.version>4.1.1<", "<kafka.version>0.0.0-no-such-version<"))
+    bin_dir = tmp_path / "bin"
+    _fake_mvn(bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '')}")
     settings = Settings(broker=f"localhost:{free_port()}", data_dir=tmp_path / "d")
     broker = LocalBroker(settings, kafka_home=home)
-    with pytest.raises(BrokerError, match=r"Maven could not fetch the Kafka jars: .*0\.0\.0-no-such-version"):
+
+    with pytest.raises(BrokerError) as raised:
         broker.fetch_jars()
+
+    argv = (bin_dir / "argv.txt").read_text().splitlines()
+    assert argv[argv.index("-f") + 1] == str(pom) and "dependency:copy-dependencies" in argv, argv
+    assert str(raised.value) == (
+        "Maven could not fetch the Kafka jars: Could not resolve dependencies for project "
+        "dev.scriptforge:scriptforge-local-kafka:pom:1: Could not find artifact "
+        "org.apache.kafka:kafka_2.13:jar:0.0.0-no-such-version in central "
+        "(https://repo.maven.apache.org/maven2) (check network access to Maven Central, then retry)"
+    )
     assert not (home / "lib").exists()
+    assert not list((home / "target").glob("lib-*")), "the partial fetch was left behind"
 
 
 def test_missing_java_is_a_config_error(

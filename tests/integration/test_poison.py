@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
@@ -24,16 +24,23 @@ from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import DeadLetter, InvocationReply, InvocationRequest
-from pipeline.wire.topics import Topics, delete_topics
+from pipeline.wire.topics import Topics
 from pipeline.worker.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
+
+#: the conftest's ``read_dead_letters`` fixture: (settings, call_ids, timeout=20.0) -> {call id: DeadLetter}
+ReadDeadLetters = Callable[..., dict[str, DeadLetter]]
 
 ECHO = "function main(d) { return {n: d.n, size: JSON.stringify(d).length}; }"
 
 
 @pytest.fixture(scope="module")
-def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def settings(
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    delete_prefix_topics: Callable[[Settings], None],
+) -> Iterator[Settings]:
     s = Settings(
         broker=kafka_bootstrap,
         data_dir=tmp_path_factory.mktemp("poison"),
@@ -45,8 +52,7 @@ def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         max_request_bytes=500_000,
     )
     yield s
-    admin = AdminClient({"bootstrap.servers": s.broker})
-    delete_topics(admin, [t for t in admin.list_topics(timeout=10).topics if t.startswith(s.topic_prefix)])
+    delete_prefix_topics(s)
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +79,6 @@ def _send_raw(
     assert raw.flush(10) == 0, "the broker did not take the record"
 
 
-def _dead_letters(settings: Settings, call_ids: set[str], timeout: float = 20.0) -> dict[str, DeadLetter]:
-    consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "x", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(Topics(settings).dlq, 0, OFFSET_BEGINNING)])
-    got: dict[str, DeadLetter] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while not call_ids <= got.keys() and time.monotonic() < deadline:
-            msg = consumer.poll(0.1)
-            if msg is not None and msg.error() is None:
-                dead = codec(DeadLetter).decode(msg.value())
-                if dead.call_id in call_ids:
-                    got[dead.call_id] = dead
-    finally:
-        consumer.close()
-    return got
-
-
 async def _answered_after(client: InvocationClient, script: str, count: int = 10) -> None:
     """The script's next requests (its lane, its partition) are answered, in order."""
     outcomes = await asyncio.gather(
@@ -112,7 +101,11 @@ def _request(script: str, reply_topic: str, vars: Any, call_id: str) -> Invocati
 
 
 async def test_unreadable_records_of_any_size_are_dead_lettered_whole_or_as_a_reference(
-    settings: Settings, client: InvocationClient, script: str, raw: Producer
+    settings: Settings,
+    client: InvocationClient,
+    script: str,
+    raw: Producer,
+    read_dead_letters: ReadDeadLetters,
 ) -> None:
     small, large = f"small-{uuid.uuid4().hex[:6]}", f"large-{uuid.uuid4().hex[:6]}"
     values = {small: b"\x00garbage" + b"s" * 150_000, large: b"\x00garbage" + b"L" * 1_040_000}
@@ -127,7 +120,7 @@ async def test_unreadable_records_of_any_size_are_dead_lettered_whole_or_as_a_re
         )
     await _answered_after(client, script)
 
-    dead = await asyncio.to_thread(_dead_letters, settings, set(values))
+    dead = await asyncio.to_thread(read_dead_letters, settings, set(values))
     whole, reference = dead[small], dead[large]
     assert not whole.value_truncated and whole.original_value == values[small]
     assert reference.value_truncated and reference.original_size == len(values[large])
@@ -159,7 +152,11 @@ async def test_a_request_over_the_size_limit_is_answered_invalid_input_and_a_lar
 
 
 async def test_a_miskeyed_request_is_refused_and_dead_lettered_not_run_in_another_lane(
-    settings: Settings, client: InvocationClient, script: str, raw: Producer
+    settings: Settings,
+    client: InvocationClient,
+    script: str,
+    raw: Producer,
+    read_dead_letters: ReadDeadLetters,
 ) -> None:
     call_id = f"miskeyed-{uuid.uuid4().hex[:6]}"
     body = _request(script, client.reply_topic, {"n": 7}, call_id)
@@ -170,20 +167,24 @@ async def test_a_miskeyed_request_is_refused_and_dead_lettered_not_run_in_anothe
 
     outcome = (await asyncio.wait_for(reply, 20)).outcome_dict
     assert (outcome["status"], outcome["code"]) == ("error", 400) and "keyed" in outcome["message"], outcome
-    dead = await asyncio.to_thread(_dead_letters, settings, {call_id})
+    dead = await asyncio.to_thread(read_dead_letters, settings, {call_id})
     assert dead[call_id].reason == "miskeyed" and dead[call_id].original_key == b"some-other-script"
     await _answered_after(client, script)
 
 
 async def test_a_reply_to_a_topic_that_does_not_exist_is_dead_lettered_and_creates_no_topic(
-    settings: Settings, client: InvocationClient, script: str, raw: Producer
+    settings: Settings,
+    client: InvocationClient,
+    script: str,
+    raw: Producer,
+    read_dead_letters: ReadDeadLetters,
 ) -> None:
     call_id = f"noreply-{uuid.uuid4().hex[:6]}"
     gone = f"{settings.topic_prefix}.replies.gone-{uuid.uuid4().hex[:6]}"
     body = _request(script, gone, {"n": 3}, call_id)
     _send_raw(raw, settings, body.kafka_key, codec(InvocationRequest).encode(body), call_id, gone)
 
-    dead = await asyncio.to_thread(_dead_letters, settings, {call_id}, 30.0)
+    dead = await asyncio.to_thread(read_dead_letters, settings, {call_id}, 30.0)
     assert dead[call_id].reason == "reply_undeliverable" and gone in dead[call_id].detail
     admin = AdminClient({"bootstrap.servers": settings.broker})
     assert gone not in admin.list_topics(timeout=10).topics

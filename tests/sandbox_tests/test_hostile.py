@@ -587,6 +587,9 @@ VOLUME = [
 
 CASES = LOOPS + MEMORY_BOMBS + DEEP_JSON + COMPLETION + NON_ERRORS + TAMPERING + HOST_REACH + VOLUME
 assert len({c.id for c in CASES}) == len(CASES)
+# the suite's floor of hostile cases: a check on this module, not on the sandbox, so it fails the
+# collection (like the uniqueness above) instead of passing as a test of the code
+assert len(CASES) >= 30, f"only {len(CASES)} hostile cases; the suite promises at least 30"
 
 #: what the log bound must at least achieve
 MAX_LOG_ENTRIES = 100_000
@@ -627,24 +630,17 @@ async def test_hostile(run, c: Case):
     await run.assert_healthy()
 
 
-async def test_at_least_30_hostile_cases():
-    assert len(CASES) >= 30
-
-
 # ---------------------------------------------------------------- the pool under hostile load
 
 NORMAL = "function main(d) { return {name: d.name, i: d.i, sq: d.i * d.i}; }"
 
 
-async def _normal_runs(run, names: list[str], rounds: int) -> list[float]:
-    latencies = []
+async def _normal_runs(run, names: list[str], rounds: int) -> None:
     for i in range(rounds):
         for name in names:
             out = await run(NORMAL, {"name": name, "i": i}, name=name, timeout_ms=2000)
             assert out.status == "ok", out.to_json()
             assert out.response == {"name": name, "i": i, "sq": i * i}
-            latencies.append(run.last_ms)
-    return latencies
 
 
 async def test_hostile_beside_normal_runs(run, pool):
@@ -654,11 +650,10 @@ async def test_hostile_beside_normal_runs(run, pool):
     task = asyncio.create_task(hostile("function main() { while (true) {} }", {}, timeout_ms=1500))
     await asyncio.sleep(0.05)
     normal = PoolRunner(pool, "unused")
-    latencies = await _normal_runs(normal, [f"normal-{k}" for k in range(4)], rounds=5)
+    await _normal_runs(normal, [f"normal-{k}" for k in range(4)], rounds=5)
     out = await task
     assert str(out.reason) == TIMEOUT, out.to_json()
     assert hostile.last_ms < 1500 + 1000
-    assert len(latencies) == 20
 
 
 async def test_normal_runs_not_delayed_by_hostile(run, pool):
@@ -666,17 +661,19 @@ async def test_normal_runs_not_delayed_by_hostile(run, pool):
     # processes stuck in a loop, other scripts keep running on the other one
     from sbxutil import PoolRunner
 
+    # the property is an ordering: all normal runs answered while the hostile one is still stuck (a pool
+    # that queued them behind it answers them only after its timeout). The hostile timeout only has to
+    # outlast 12 trivial runs on a shared, noisy machine, hence ample; no elapsed time is asserted.
     hostile = PoolRunner(pool, "hostile-delay")
-    task = asyncio.create_task(hostile("function main() { while (true) {} }", {}, timeout_ms=2000))
+    task = asyncio.create_task(hostile("function main() { while (true) {} }", {}, timeout_ms=5000))
     await asyncio.sleep(0.1)
+    assert not task.done(), "the hostile loop ended before the normal runs began"
     normal = PoolRunner(pool, "unused")
-    start = time.monotonic()
-    latencies = await _normal_runs(normal, [f"lane-{k}" for k in range(4)], rounds=3)
-    total_ms = (time.monotonic() - start) * 1000
+    await _normal_runs(normal, [f"lane-{k}" for k in range(4)], rounds=3)
     hostile_done = task.done()
-    await task
-    assert max(latencies) < 1000, f"normal runs waited for the hostile one: {sorted(latencies)[-3:]}"
-    assert total_ms < 1800 and not hostile_done, f"{total_ms:.0f} ms for 12 normal runs"
+    out = await task
+    assert str(out.reason) == TIMEOUT, out.to_json()  # it was stuck the whole time, not quickly done
+    assert not hostile_done, "the normal runs were answered only after the hostile one had ended"
 
 
 async def test_two_hostile_and_normal_runs_in_parallel(run, pool):
