@@ -482,3 +482,20 @@ def test_schema_file_parses_and_is_documented(file: str) -> None:
     version = SchemaCatalogue().register(raw, origin=file)
     assert version.name in RECORD_TYPES
     assert _undocumented(raw, file) == []
+
+
+def test_a_record_whose_fields_drift_from_its_schema_is_refused_at_import() -> None:
+    """One definition per record: its dataclass, checked against its schema when records.py loads."""
+    import dataclasses as dc
+    from typing import ClassVar
+
+    from pipeline.wire import records
+
+    @dc.dataclass(slots=True)
+    class Drifted(records._Record):
+        SCHEMA: ClassVar[str] = "scriptforge.RouteAssignment"
+        account: str
+        route: str
+
+    with pytest.raises(TypeError, match=r"its schema scriptforge\.RouteAssignment has"):
+        records._avro(Drifted)

@@ -7,17 +7,22 @@ Each record has ``to_dict()`` (the Avro datum: field name -> value, what fastavr
 The dataclasses are ``slots=True`` but not frozen: a frozen dataclass costs about 1.5 µs more to build,
 and these sit on the per-call hot path. Treat them as values all the same (``dataclasses.replace``).
 
-The field names and order of each dataclass are those of its schema's current version; the tests check
-that they stay in step.
+Each record's fields are declared once, as its dataclass, and must be those of its schema's current
+version: ``to_dict`` writes them in the schema's order, read from ``schemas/*.avsc`` when this module
+is imported, and a dataclass whose fields differ from its schema fails that import with both lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import operator
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Self
+from importlib import resources
+from typing import Any, ClassVar, Self, TypeVar
 
 import orjson
 
@@ -65,8 +70,49 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+class _Record:
+    """What every record shares: ``to_dict`` from the field names of its schema (see :func:`_avro`)."""
+
+    __slots__ = ()
+    SCHEMA: ClassVar[str]
+    #: the schema's field names, in its order
+    FIELDS: ClassVar[tuple[str, ...]]
+    _values: ClassVar[operator.attrgetter[tuple[Any, ...]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Avro datum: field name -> value, in the schema's order (what fastavro writes)."""
+        # strict=False: both come from FIELDS, and the check costs a third of the call on the hot path
+        return dict(zip(self.FIELDS, self._values(self), strict=False))
+
+
+_R = TypeVar("_R", bound=type[_Record])
+
+
+def _schema_field_names(full_name: str) -> tuple[str, ...]:
+    """Field names of a record's current schema: ``scriptforge.InvocationRequest`` is read from
+    ``schemas/invocation_request.avsc``."""
+    short = full_name.rsplit(".", 1)[-1]
+    file = re.sub(r"(?<!^)(?=[A-Z])", "_", short).lower() + ".avsc"
+    schema = json.loads(resources.files("schemas").joinpath(file).read_text())
+    return tuple(f["name"] for f in schema["fields"])
+
+
+def _avro(cls: _R) -> _R:
+    """Binds a record dataclass to its schema, refusing one whose fields differ from it."""
+    names = _schema_field_names(cls.SCHEMA)
+    declared = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if sorted(names) != sorted(declared):
+        raise TypeError(
+            f"{cls.__name__} declares fields {declared}, its schema {cls.SCHEMA} has {list(names)}"
+        )
+    cls.FIELDS = names
+    cls._values = operator.attrgetter(*names)
+    return cls
+
+
+@_avro
 @dataclass(slots=True)
-class InvocationRequest:
+class InvocationRequest(_Record):
     """One request to run a script (schemas/invocation_request.avsc); Kafka key: ``script``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.InvocationRequest"
@@ -139,30 +185,15 @@ class InvocationRequest:
             deadline_ms=self.deadline_ms,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "request_id": self.request_id,
-            "script": self.script,
-            "version": self.version,
-            "function": self.function,
-            "vars_json": self.vars_json,
-            "reply_topic": self.reply_topic,
-            "deadline_ms": self.deadline_ms,
-            "timestamp_ms": self.timestamp_ms,
-            "account": self.account,
-            "attempt": self.attempt,
-            "headers": self.headers,
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
         result: Self = _build(cls, data, where)
         return result
 
 
+@_avro
 @dataclass(slots=True)
-class InvocationReply:
+class InvocationReply(_Record):
     """The answer to one request (schemas/invocation_reply.avsc); Kafka key: ``call_id``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.InvocationReply"
@@ -227,22 +258,6 @@ class InvocationReply:
             )
         return value
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "request_id": self.request_id,
-            "script": self.script,
-            "version": self.version,
-            "outcome_json": self.outcome_json,
-            "status": self.status,
-            "reason": self.reason,
-            "worker": self.worker,
-            "received_ms": self.received_ms,
-            "started_ms": self.started_ms,
-            "finished_ms": self.finished_ms,
-            "attempt": self.attempt,
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
         result: Self = _build(cls, data, where)
@@ -253,8 +268,9 @@ def source_sha256(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
+@_avro
 @dataclass(slots=True)
-class ScriptDefinition:
+class ScriptDefinition(_Record):
     """One deployed script version (schemas/script_definition.avsc); Kafka key: ``account/name``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.ScriptDefinition"
@@ -305,19 +321,9 @@ class ScriptDefinition:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "account": self.account,
-            "name": self.name,
-            "version": self.version,
-            "type": str(self.type),
-            "source": self.source,
-            "timeout_ms": self.timeout_ms,
-            "memory_mb": self.memory_mb,
-            "env": self.env,
-            "state": str(self.state),
-            "created_ms": self.created_ms,
-            "sha256": self.sha256,
-        }
+        datum = _Record.to_dict(self)
+        datum["type"], datum["state"] = str(self.type), str(self.state)  # Avro enum symbols
+        return datum
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
@@ -341,8 +347,9 @@ def route_key(account: str, route: str) -> str:
     return f"{account}/{route}"
 
 
+@_avro
 @dataclass(slots=True)
-class RouteAssignment:
+class RouteAssignment(_Record):
     """Which script a route runs (schemas/route_assignment.avsc); Kafka key: ``account/route``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.RouteAssignment"
@@ -367,24 +374,15 @@ class RouteAssignment:
                 f"RouteAssignment {self.key!r} has vars_json that is not JSON: {exc}"
             ) from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "account": self.account,
-            "route": self.route,
-            "script": self.script,
-            "version": self.version,
-            "vars_json": self.vars_json,
-            "created_ms": self.created_ms,
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
         result: Self = _build(cls, data, where)
         return result
 
 
+@_avro
 @dataclass(slots=True)
-class DeadLetter:
+class DeadLetter(_Record):
     """A message given up on (schemas/dead_letter.avsc), with its original bytes; on scriptforge.dlq."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.DeadLetter"
@@ -409,23 +407,9 @@ class DeadLetter:
     value_truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "detail": self.detail,
-            "source_topic": self.source_topic,
-            "source_partition": self.source_partition,
-            "source_offset": self.source_offset,
-            "original_key": self.original_key,
-            "original_value": self.original_value,
-            "original_size": self.original_size,
-            "value_truncated": self.value_truncated,
-            "original_timestamp_ms": self.original_timestamp_ms,
-            "original_headers": [{"key": k, "value": v} for k, v in self.original_headers],
-            "call_id": self.call_id,
-            "attempts": self.attempts,
-            "failed_ms": self.failed_ms,
-            "worker": self.worker,
-        }
+        datum = _Record.to_dict(self)
+        datum["original_headers"] = [{"key": k, "value": v} for k, v in self.original_headers]
+        return datum
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
