@@ -141,7 +141,7 @@ class FakeStore:
         self.records[key] = record
 
 
-class FakeRunner:
+class FakeHandler:
     def __init__(self, expired: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         self.log: list[tuple[str, int]] = []
         self.expired = expired
@@ -164,8 +164,8 @@ def _event(offset: int, key: bytes = b"s") -> Any:
     return SimpleNamespace(tp=tp, topic=tp.topic, partition=0, offset=offset, key=key)
 
 
-def _recovery(runner: FakeRunner, store: FakeStore, isolation: Isolation | None) -> tuple[Recovery, Any]:
-    recovery = Recovery(Settings(topic_prefix="t", max_attempts=3), ME, runner, group_id="g")
+def _recovery(handler: FakeHandler, store: FakeStore, isolation: Isolation | None) -> tuple[Recovery, Any]:
+    recovery = Recovery(Settings(topic_prefix="t", max_attempts=3), ME, handler, group_id="g")
     recovery.store = store  # type: ignore[assignment]
     tp = _event(0).tp
     recovery.assigned({tp: isolation})
@@ -173,20 +173,20 @@ def _recovery(runner: FakeRunner, store: FakeStore, isolation: Isolation | None)
 
 
 async def test_normal_partitions_go_straight_to_their_script_lane() -> None:
-    runner, store = FakeRunner(), FakeStore({})
-    recovery, _ = _recovery(runner, store, None)
+    handler, store = FakeHandler(), FakeStore({})
+    recovery, _ = _recovery(handler, store, None)
     event = _event(5, key=b"script-a")
     lane, item = recovery.route(event)
     assert (lane, item) == (b"script-a", event)
     await recovery.handle(item)
-    assert runner.log == [("run", 5)] and store.writes == []
+    assert handler.log == [("run", 5)] and store.writes == []
 
 
 async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_lanes() -> None:
     key = partition_key("t.invocations", 0)
     store = FakeStore({key: RecoveryRecord(10, no_progress=1, running=11, attempts=3, worker=ME)})
-    runner = FakeRunner(expired={12})
-    recovery, tp = _recovery(runner, store, Isolation(until=13))
+    handler = FakeHandler(expired={12})
+    recovery, tp = _recovery(handler, store, Isolation(until=13))
     routed = [recovery.route(_event(offset, key=f"s{offset}".encode())) for offset in (10, 11, 12, 13)]
     lanes = {lane for lane, _ in routed}
     assert lanes == {("isolated", tp)}  # 13 waits behind the window: the isolated ones are unfinished
@@ -194,7 +194,7 @@ async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_
     for _, item in routed:
         await recovery.handle(item)
     # 10 was answered before the crash at 11 (skipped), 11 given up, 12 answered expired, 13 run
-    assert runner.log == [("give_up/3", 11), ("run", 12), ("run", 13)]
+    assert handler.log == [("give_up/3", 11), ("run", 12), ("run", 13)]
     # a marker before each run; none for the given-up one (already counted) nor the expired one
     assert [(r.running, r.attempts) for _, r in store.writes] == [(13, 0)]
     lane, item = recovery.route(_event(14, key=b"s14"))
@@ -203,7 +203,7 @@ async def test_isolated_window_runs_one_lane_with_markers_then_resumes_parallel_
 
 @pytest.mark.parametrize("pending", [0, 1])
 async def test_normal_lanes_resume_only_when_no_isolated_request_is_left(pending: int) -> None:
-    runner, store = FakeRunner(), FakeStore({})
-    recovery, tp = _recovery(runner, store, Isolation(until=10, pending=pending))
+    handler, store = FakeHandler(), FakeStore({})
+    recovery, tp = _recovery(handler, store, Isolation(until=10, pending=pending))
     lane, _ = recovery.route(_event(10, key=b"s"))
     assert lane == (("isolated", tp) if pending else b"s")

@@ -217,7 +217,7 @@ class Phase:
         return self.n - self.replies
 
 
-class Runner:
+class PhaseDriver:
     """Runs phases through one BenchClient and matches replies to requests."""
 
     def __init__(
@@ -444,10 +444,10 @@ class Options:
 
 @dataclass
 class Contender:
-    """A system under test, started and answering: its results, its runner, its process."""
+    """A system under test, started and answering: its results, its driver, its process."""
 
     target: Target
-    runner: Runner
+    driver: PhaseDriver
     proc: subprocess.Popen[bytes]
     check_errors: bool
     #: stop the process / start a fresh one (ScriptForge's drain); None for the echo
@@ -457,8 +457,8 @@ class Contender:
 
 def _warm(c: Contender, opts: Options) -> None:
     """A short unmeasured phase: every script compiled, every connection up."""
-    warm = c.runner.run("w", min(opts.rate, 500), 1.0, wait=opts.grace)
-    c.runner.drain([warm], opts.grace)
+    warm = c.driver.run("w", min(opts.rate, 500), 1.0, wait=opts.grace)
+    c.driver.drain([warm], opts.grace)
 
 
 def _fixed_rounds(contenders: Sequence[Contender], opts: Options) -> None:
@@ -469,14 +469,14 @@ def _fixed_rounds(contenders: Sequence[Contender], opts: Options) -> None:
     print(f"fixed {opts.rate}/s for {opts.seconds:g} s each, in {rounds} alternating rounds", file=sys.stderr)
     for i in range(rounds):
         for c in contenders:
-            part = c.runner.run(f"f{i}", opts.rate, opts.seconds / rounds, wait=opts.grace)
+            part = c.driver.run(f"f{i}", opts.rate, opts.seconds / rounds, wait=opts.grace)
             c.target.fixed_parts.append(part)
 
 
 def _ramp(c: Contender, opts: Options) -> None:
-    target, runner = c.target, c.runner
+    target, driver = c.target, c.driver
     for rate in opts.ramp:
-        step = runner.run(f"r{rate}", rate, opts.ramp_seconds, wait=min(opts.grace, 10.0))
+        step = driver.run(f"r{rate}", rate, opts.ramp_seconds, wait=min(opts.grace, 10.0))
         target.ramp.append(step)
         s = summarize(step)
         errors = error_replies(step) if c.check_errors else {}
@@ -489,21 +489,21 @@ def _ramp(c: Contender, opts: Options) -> None:
         if not ok:
             break
         target.max_rate = rate
-        runner.drain([step], opts.grace)
+        driver.drain([step], opts.grace)
 
 
 def _settle(c: Contender, opts: Options) -> None:
     """Waits for late replies (they are not lost), pools the fixed rounds, counts error replies."""
     target = c.target
     phases = [*target.fixed_parts, *target.ramp]
-    c.runner.drain(phases, opts.grace + 20.0)
+    c.driver.drain(phases, opts.grace + 20.0)
     target.fixed = merge(target.fixed_parts)
     target.extra["round_p99_ms"] = [summarize(p)["p99_ms"] for p in target.fixed_parts]
     if c.check_errors:
         for p in phases:
             for k, v in error_replies(p).items():
                 target.errors[k] = target.errors.get(k, 0) + v
-    target.unknown = c.runner.unknown
+    target.unknown = c.driver.unknown
 
 
 def merge(parts: Sequence[Phase]) -> Phase:
@@ -546,12 +546,12 @@ async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> As
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             meter = CpuMeter({**_common_cpu(), "echo": functools.partial(process_cpu_s, proc.pid)})
-            runner = Runner(client, ["echo"], opts.timeout_ms, meter)
+            driver = PhaseDriver(client, ["echo"], opts.timeout_ms, meter)
             target = Target("echo")
             target.extra["startup_s"] = round(
-                await asyncio.to_thread(runner.warm_up, 60.0, lambda: proc.poll() is None), 2
+                await asyncio.to_thread(driver.warm_up, 60.0, lambda: proc.poll() is None), 2
             )
-            yield Contender(target, runner, proc, check_errors=False)
+            yield Contender(target, driver, proc, check_errors=False)
             target.extra["client_duplicates"] = client.duplicates
         finally:
             _stop(proc)
@@ -593,16 +593,16 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
             worker = functools.partial(process_cpu_s, proc.pid)
             sandboxes = functools.partial(descendants_cpu_s, proc.pid)
             meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
-            runner = Runner(client, names, opts.timeout_ms, meter)
+            driver = PhaseDriver(client, names, opts.timeout_ms, meter)
             target = Target("scriptforge")
             try:
                 target.extra["startup_s"] = round(
-                    await asyncio.to_thread(runner.warm_up, 90.0, lambda: proc.poll() is None), 2
+                    await asyncio.to_thread(driver.warm_up, 90.0, lambda: proc.poll() is None), 2
                 )
             except RuntimeError as exc:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the worker did not answer: {exc}\n{tail}") from None
-            contender = Contender(target, runner, proc, check_errors=True, stop=stop, start=start)
+            contender = Contender(target, driver, proc, check_errors=True, stop=stop, start=start)
             yield contender
             target.extra["client_duplicates"] = client.duplicates
     finally:
@@ -632,7 +632,7 @@ def _drain(c: Contender, opts: Options) -> dict[str, Any]:
     excluded) while the load generator only reads replies. CPU is metered over the same span."""
     assert c.stop is not None and c.start is not None
     c.stop()  # first: a running worker would answer part of the backlog as it is produced
-    phase = c.runner.backlog("d", opts.drain)
+    phase = c.driver.backlog("d", opts.drain)
     proc = c.start()
     meter = CpuMeter(
         {
@@ -641,13 +641,13 @@ def _drain(c: Contender, opts: Options) -> dict[str, Any]:
             "sandboxes": functools.partial(descendants_cpu_s, proc.pid),
         }
     )
-    arrivals = c.runner.client.arrivals
+    arrivals = c.driver.client.arrivals
     seen = len(arrivals)
     deadline = time.perf_counter() + 90.0
     while len(arrivals) == seen and time.perf_counter() < deadline:  # start-up: not metered
         time.sleep(0.001)
     meter.start()
-    c.runner.drain([phase], opts.grace + 60.0)
+    c.driver.drain([phase], opts.grace + 60.0)
     meter.stop()
     got = sorted(t for t in phase.latency if t is not None)  # arrival = t0 + latency: all after t0
     span = max(got[-1] - got[0], 1e-3) if got else float("nan")

@@ -196,7 +196,7 @@ class IsolatedEvent:
         self.isolation = isolation
 
 
-class Runner(Protocol):
+class RequestHandler(Protocol):
     """What recovery needs of the invocation handler (pipeline.worker.handler.InvocationHandler)."""
 
     async def handle(self, msg: Any) -> asyncio.Future[None] | None: ...
@@ -321,7 +321,7 @@ class Recovery:
 
     settings: Settings
     me: str
-    runner: Runner
+    handler: RequestHandler
     group_id: str
     store: RecoveryLog | None = None
     _plans: dict[Any, Isolation | None] = field(default_factory=dict)
@@ -367,32 +367,32 @@ class Recovery:
 
     async def handle_many(self, items: list[Any]) -> list[asyncio.Future[None] | None]:
         """The lanes' handler. A lane holds either one script's normal requests, which go to the
-        runner together, or one partition's isolated ones, which run one at a time, guarded."""
+        handler together, or one partition's isolated ones, which run one at a time, guarded."""
         if type(items[0]) is not IsolatedEvent:
-            return await self.runner.handle_many(items)
+            return await self.handler.handle_many(items)
         return [await self.handle(item) for item in items]
 
     async def handle(self, item: Any) -> asyncio.Future[None] | None:
-        """One event: normal requests straight to the runner, isolated ones guarded (and
+        """One event: normal requests straight to the handler, isolated ones guarded (and
         finished, reply delivered, before the next isolated one starts: see ``_run_isolated``)."""
         if type(item) is not IsolatedEvent:
-            return await self.runner.handle(item)
+            return await self.handler.handle(item)
         await self._run_isolated(item.message)
         item.isolation.pending -= 1
         return None
 
     async def abandon(self, item: Any, error: BaseException) -> None:
         """The lanes' give-up (pipeline/worker/lanes.py): an event whose output kept failing is answered and
-        dead-lettered by the runner; an isolated one also leaves its isolation window."""
+        dead-lettered by the handler; an isolated one also leaves its isolation window."""
         if type(item) is not IsolatedEvent:
-            await self.runner.abandon(item, error)
+            await self.handler.abandon(item, error)
             return
-        await self.runner.abandon(item.message, error)
+        await self.handler.abandon(item.message, error)
         item.isolation.pending -= 1
 
     async def _run_isolated(self, msg: Any) -> None:
-        if self.store is None or not self.runner.will_run(msg):
-            await _finish(await self.runner.handle(msg))  # answered without running: no marker needed
+        if self.store is None or not self.handler.will_run(msg):
+            await _finish(await self.handler.handle(msg))  # answered without running: no marker needed
             return
         key = partition_key(msg.topic, msg.partition)
         record = self.store.records.get(key) or RecoveryRecord(msg.offset, worker=self.me)
@@ -408,10 +408,10 @@ class Recovery:
                 msg.offset,
                 step.record.attempts,
             )
-            await self.runner.give_up(msg, step.record.attempts)
+            await self.handler.give_up(msg, step.record.attempts)
         else:
             # the reply must be delivered before the next marker says this offset was answered
-            await _finish(await self.runner.handle(msg))
+            await _finish(await self.handler.handle(msg))
 
     def _decide(self, tps: list[TP]) -> dict[TP, Isolation | None]:
         store = self.store
