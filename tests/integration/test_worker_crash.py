@@ -18,18 +18,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from pipeline.client.client import InvocationClient
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec
 from pipeline.wire.records import DeadLetter
-from pipeline.wire.topics import Topics, delete_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -53,30 +50,11 @@ def _spawn(settings: Settings, poison: str, log: Path) -> subprocess.Popen[bytes
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def _read_dlq(settings: Settings, timeout: float = 10.0) -> list[DeadLetter]:
-    consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "x", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(Topics(settings).dlq, 0, OFFSET_BEGINNING)])
-    dead = codec(DeadLetter)
-    got: list[DeadLetter] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while not got and time.monotonic() < deadline:
-            msg = consumer.poll(0.1)
-            if msg is not None and msg.error() is None:
-                got.append(dead.decode(msg.value()))
-    finally:
-        consumer.close()
-    return got
-
-
-def _cleanup(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.broker})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
-    delete_topics(admin, names)
-
-
 async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attempts(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    read_dead_letters: Callable[..., dict[str, DeadLetter]],
+    delete_prefix_topics: Callable[[Settings], None],
 ) -> None:
     settings = Settings(
         broker=kafka_bootstrap,
@@ -113,6 +91,7 @@ async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attemp
                 worker = _spawn(settings, poison, log)
                 started = time.monotonic()
                 while worker.poll() is None and not futures[poison].done():
+                    # a guard against a hang only: a death or the reply comes within seconds
                     assert time.monotonic() - started < 40, "no death, no reply: " + log.read_text()[-3000:]
                     await asyncio.sleep(0.05)
                 if worker.returncode is not None:
@@ -136,8 +115,8 @@ async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attemp
                     assert outcome["status"] == "ok", (call_id, outcome)
                     assert outcome["response"] == {"n": int(call_id.split("-")[1])}
 
-            dead = await asyncio.to_thread(_read_dlq, settings)
-            assert [(d.reason, d.call_id, d.attempts) for d in dead] == [("crash", poison, MAX_ATTEMPTS)]
+            dead = (await asyncio.to_thread(read_dead_letters, settings, [poison]))[poison]
+            assert (dead.reason, dead.attempts) == ("crash", MAX_ATTEMPTS)
             print(
                 f"worker deaths {len(deaths)} (seconds from start to death: {deaths}); poison answered "
                 f"{recovered:.1f} s after the first start; duplicates {client.duplicates}"
@@ -149,4 +128,4 @@ async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attemp
                 worker.wait(15)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        _cleanup(settings)
+        delete_prefix_topics(settings)
