@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -44,6 +44,15 @@ _REPLIES = codec(InvocationReply)
 #: Kafka headers every request carries beside its Avro body (read when the body is unreadable)
 HEADER_CALL_ID = "sf-call-id"
 HEADER_REPLY_TOPIC = "sf-reply-topic"
+
+
+class CallOptions(TypedDict, total=False):
+    """What else a call may say (``InvocationClient.submit``'s keywords, passed through by ``invoke``)."""
+
+    account: str
+    version: int | None
+    call_id: str | None
+    function: str | None
 
 
 class InvocationClient:
@@ -179,26 +188,10 @@ class InvocationClient:
         return fut
 
     async def invoke(
-        self,
-        script: str,
-        vars: Any,
-        *,
-        account: str = "default",
-        timeout_ms: int = 2000,
-        version: int | None = None,
-        call_id: str | None = None,
-        function: str | None = None,
+        self, script: str, vars: Any, *, timeout_ms: int = 2000, **options: Unpack[CallOptions]
     ) -> Outcome:
         """Run ``script`` once through Kafka; an error Outcome (reason timeout) when no reply comes."""
-        reply = await self.invoke_reply(
-            script,
-            vars,
-            account=account,
-            timeout_ms=timeout_ms,
-            version=version,
-            call_id=call_id,
-            function=function,
-        )
+        reply = await self.invoke_reply(script, vars, timeout_ms=timeout_ms, **options)
         if reply is None:
             waited = timeout_ms + self.reply_grace_ms
             known = await asyncio.to_thread(self.why_no_reply)
@@ -206,10 +199,10 @@ class InvocationClient:
         return reply.outcome
 
     async def invoke_reply(
-        self, script: str, vars: Any, *, timeout_ms: int = 2000, **kwargs: Any
+        self, script: str, vars: Any, *, timeout_ms: int = 2000, **options: Unpack[CallOptions]
     ) -> InvocationReply | None:
         """Like ``invoke`` but returning the whole reply (version, worker, timings), None on timeout."""
-        request, fut = self.submit(script, vars, timeout_ms=timeout_ms, **kwargs)
+        request, fut = self.submit(script, vars, timeout_ms=timeout_ms, **options)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), (timeout_ms + self.reply_grace_ms) / 1000)
         except TimeoutError:

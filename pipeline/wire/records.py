@@ -70,6 +70,14 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _json_value(text: str, owner: str, field_name: str) -> Any:
+    """A JSON text field parsed; one that is not JSON is a MalformedMessageError naming its record."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessageError(f"{owner} has {field_name} that is not JSON: {exc}") from None
+
+
 class _Record:
     """What every record shares: ``to_dict`` from the field names of its schema (see :func:`_avro`)."""
 
@@ -78,6 +86,13 @@ class _Record:
     #: the schema's field names, in its order
     FIELDS: ClassVar[tuple[str, ...]]
     _values: ClassVar[operator.attrgetter[tuple[Any, ...]]]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        """The record from an Avro datum, strict: a missing or unexpected field is a
+        MalformedMessageError naming it (``where`` says which message it came from)."""
+        result: Self = _build(cls, data, where)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         """The Avro datum: field name -> value, in the schema's order (what fastavro writes)."""
@@ -158,12 +173,7 @@ class InvocationRequest(_Record):
     @property
     def vars(self) -> Any:
         """The invocation variables, parsed from ``vars_json``."""
-        try:
-            return orjson.loads(self.vars_json)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessageError(
-                f"InvocationRequest call_id={self.call_id!r} has vars_json that is not JSON: {exc}"
-            ) from None
+        return _json_value(self.vars_json, f"InvocationRequest call_id={self.call_id!r}", "vars_json")
 
     @property
     def correlation_id(self) -> str:
@@ -184,11 +194,6 @@ class InvocationRequest(_Record):
             function=self.function,
             deadline_ms=self.deadline_ms,
         )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
-        result: Self = _build(cls, data, where)
-        return result
 
 
 @_avro
@@ -246,22 +251,12 @@ class InvocationReply(_Record):
     @property
     def outcome_dict(self) -> dict[str, Any]:
         """The Outcome JSON object as sent (what the CLI prints)."""
-        try:
-            value = orjson.loads(self.outcome_json)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessageError(
-                f"InvocationReply call_id={self.call_id!r} has outcome_json that is not JSON: {exc}"
-            ) from None
+        value = _json_value(self.outcome_json, f"InvocationReply call_id={self.call_id!r}", "outcome_json")
         if not isinstance(value, dict) or "status" not in value:
             raise MalformedMessageError(
                 f"InvocationReply call_id={self.call_id!r} has outcome_json that is not an Outcome object"
             )
         return value
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
-        result: Self = _build(cls, data, where)
-        return result
 
 
 def source_sha256(source: str) -> str:
@@ -367,17 +362,7 @@ class RouteAssignment(_Record):
 
     @property
     def vars(self) -> Any:
-        try:
-            return orjson.loads(self.vars_json)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessageError(
-                f"RouteAssignment {self.key!r} has vars_json that is not JSON: {exc}"
-            ) from None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
-        result: Self = _build(cls, data, where)
-        return result
+        return _json_value(self.vars_json, f"RouteAssignment {self.key!r}", "vars_json")
 
 
 @_avro
