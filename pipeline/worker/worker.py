@@ -264,7 +264,15 @@ class Worker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Consumer thread, before any message of ``partitions`` is fetched: plan crash recovery (it
-        reads the committed offsets and watermarks), then tell the loop."""
+        reads the committed offsets and watermarks), then tell the loop.
+
+        The plan's broker calls block here on purpose: the callback is what guarantees that no message
+        of a new partition reaches a lane before its plan does. The price is that librdkafka holds
+        every partition of this worker for the plan's length: 14-170 ms in the chaos runs (logged as
+        "planned in"). Each call gives up after recovery.IO_TIMEOUT (10 s); a broker that slow holds
+        the fetches too. Planning in a thread of its own, with the new partitions paused until planned,
+        measured no better (docs/reliability.md), but that was before wake_fetchers: worth measuring
+        again if the plan's length shows in the survivors' latency."""
         began = time.monotonic()
         tps = [TP(p.topic, p.partition) for p in partitions]
         plans = self.recovery.plan(tps)
