@@ -28,8 +28,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=handle)
 
 
+#: librdkafka's log (pipeline.kafka): while a fresh broker settles its clients retry, and say so
+#: ("Failed to acquire idempotence PID ... Coordinator load in progress: retrying"), which a newcomer
+#: reads as a failure. Quiet to errors until the worker is ready, then warnings again.
+_kafka_log = logging.getLogger("pipeline.kafka")
+
+
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _kafka_log.setLevel(logging.ERROR)
     status = LocalBroker(settings).start()
     print(status.describe(), flush=True)
     deployed = deploy_examples(settings, Path(args.examples), args.account)
@@ -42,7 +49,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             """'{"routing": {"dest_number": "15551234567", "cli": "15557654321", "egress_routing": []}}'""",
             flush=True,
         )
-    run_worker(Worker(settings), settings)
+    run_worker(Worker(settings), settings, on_ready=lambda: _kafka_log.setLevel(logging.WARNING))
     return 0
 
 

@@ -33,10 +33,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_worker(worker: Worker, settings: Settings) -> None:
-    """Runs ``worker`` on the configured event loop until SIGINT or SIGTERM (also ``scriptforge dev``)."""
+def run_worker(worker: Worker, settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Runs ``worker`` on the configured event loop until SIGINT or SIGTERM (also ``scriptforge dev``);
+    ``on_ready`` is called once it owns a partition."""
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve_until_signalled(worker))
+        runner.run(serve_until_signalled(worker, on_ready))
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -57,6 +58,13 @@ async def _wait(event: asyncio.Event) -> None:
     await event.wait()
 
 
+async def _announce_ready(worker: Worker, on_ready: Callable[[], None] | None) -> None:
+    await worker.ready.wait()
+    print(f"ready: worker {worker.id} owns partitions of {worker.topics.invocations}", flush=True)
+    if on_ready is not None:
+        on_ready()
+
+
 def _tune_gc() -> None:
     """The worker allocates a few dozen short-lived objects per request and almost never a cycle:
     objects alive after start-up are frozen out of collections, and the youngest generation is
@@ -65,9 +73,12 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 50, 50)
 
 
-async def serve_until_signalled(worker: Worker) -> None:
+async def serve_until_signalled(worker: Worker, on_ready: Callable[[], None] | None = None) -> None:
     """Runs the worker until SIGINT or SIGTERM, then stops it cleanly (lanes drained, offsets
-    committed); or until its consumer fails for good, then stops it and raises (exit status 1)."""
+    committed); or until its consumer fails for good, then stops it and raises (exit status 1).
+
+    Prints one line when the worker has started and one when it is ready (owns a partition), then
+    calls ``on_ready``."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,6 +90,7 @@ async def serve_until_signalled(worker: Worker) -> None:
     print(f"worker {worker.id} serving {worker.topics.invocations}{metrics_at}", flush=True)
     assert worker.failed is not None
     signalled: asyncio.Future[None] = asyncio.ensure_future(_wait(stopping))
+    announced = asyncio.ensure_future(_announce_ready(worker, on_ready))
     try:
         # a worker whose consumer failed for good raises here: the CLI prints it and exits non-zero
         await asyncio.wait([signalled, worker.failed], return_when=asyncio.FIRST_COMPLETED)
@@ -86,5 +98,6 @@ async def serve_until_signalled(worker: Worker) -> None:
             worker.failed.result()
     finally:
         signalled.cancel()
+        announced.cancel()
         with contextlib.suppress(Exception):
             await worker.stop()

@@ -188,6 +188,8 @@ class Worker:
         self._committer: asyncio.Task[None] | None = None
         #: set with the error when the consumer fails for good (librdkafka's fatal errors)
         self.failed: asyncio.Future[None] | None = None
+        #: set once the worker owns a partition: from then on a request published can be served
+        self.ready = asyncio.Event()
 
     async def start(self) -> None:
         admin = AdminClient({**client_config(), "bootstrap.servers": self.settings.broker})
@@ -345,6 +347,8 @@ class Worker:
     # ---- the loop ----------------------------------------------------------------------------------
     def _assigned(self, plans: dict[TP, Any]) -> None:
         self._owned.update(plans)
+        if self._owned:
+            self.ready.set()
         self.recovery.assigned(plans)
         if self._paused:
             self._pause_or_resume(pause=True)
