@@ -316,8 +316,8 @@ def _retrying(call: Callable[[], T], deadline: float) -> T:
 class Recovery:
     """Wires crash recovery into the worker: assignments → plans; requests → lanes; isolated runs.
 
-    ``plan`` runs in the worker's consumer thread, inside the assignment callback, before any message
-    of the new partitions is fetched; ``assigned``/``revoked``/``route``/``handle`` run on the loop."""
+    ``plan`` runs in the worker's planner thread while the new partitions are held paused, before
+    any message of theirs is fetched; ``assigned``/``revoked``/``route``/``handle`` run on the loop."""
 
     settings: Settings
     me: str

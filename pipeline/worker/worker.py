@@ -48,6 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -183,6 +184,13 @@ class Worker:
         self._paused = False
         #: KIP-848's consumer protocol hands partitions over one by one; the classic one (range) all at once
         self._incremental = settings.group_protocol == "consumer"
+        #: consumer thread: the partitions assigned and held paused until planned, by the number of the
+        #: assignment that asked for the plan (a partition revoked and assigned again waits for the
+        #: newer plan)
+        self._planning: dict[TP, int] = {}
+        self._assignments = 0
+        #: one thread, so plans are made in the order of the assignments
+        self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scriptforge-plan")
         self._closing = threading.Event()
         self._poller: threading.Thread | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -228,6 +236,8 @@ class Worker:
         if self._poller is not None:
             # the consumer thread finishes and commits the owned partitions, then leaves the group
             await asyncio.to_thread(self._poller.join)
+        # a plan in progress ends by its own timeouts; its result has nowhere to go
+        self._planner.shutdown(wait=False, cancel_futures=True)
         await self.lanes.close()
         self.recovery.close()
         self.registry.close()
@@ -265,37 +275,68 @@ class Worker:
             consumer.close()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Consumer thread, before any message of ``partitions`` is fetched: plan crash recovery (it
-        reads the committed offsets and watermarks), then tell the loop.
+        """Consumer thread: take the new partitions paused, and plan their crash recovery (it reads the
+        committed offsets and watermarks) in the planner's thread; ``_planned`` resumes them.
 
-        The plan's broker calls block here on purpose: the callback is what guarantees that no message
-        of a new partition reaches a lane before its plan does. The price is that librdkafka holds
-        every partition of this worker for the plan's length: 14-170 ms in the chaos runs (logged as
-        "planned in"). Each call gives up after recovery.IO_TIMEOUT (10 s); a broker that slow holds
-        the fetches too. Planning in a thread of its own, with the new partitions paused until planned,
-        measured no better (docs/reliability.md), but that was before wake_fetchers: worth measuring
-        again if the plan's length shows in the survivors' latency."""
-        began = time.monotonic()
+        The plan must come before any message of a new partition reaches a lane, and its broker calls
+        take 14-170 ms (up to recovery.IO_TIMEOUT, 10 s, each, from a slow broker). Made here, inside
+        the callback, it held every partition of the worker that long, since librdkafka pauses them all
+        while a callback runs. Paused, only the new partitions wait for it. No message of theirs can
+        reach the worker before the pause: the callback runs inside this thread's poll."""
         tps = [TP(p.topic, p.partition) for p in partitions]
-        plans = self.recovery.plan(tps)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in tps})
         self._hand_back(consumer, partitions, added=True)
-        if tps:
-            log.info("assigned partitions %s (planned in %.0f ms)", _numbers(tps), _ms_since(began))
+        if not tps:
+            return
+        self._assignments += 1
+        for tp in tps:
+            self._planning[tp] = self._assignments
+        self._planner.submit(self._plan, tps, self._assignments, time.monotonic())
+
+    def _plan(self, tps: list[TP], number: int, began: float) -> None:
+        """The planner's thread: the plan (which never raises: a partition it cannot check runs
+        unguarded), then ``_planned`` on the consumer thread."""
+        plans = self.recovery.plan(tps)
+        self._ops.append(functools.partial(self._planned, plans, tps, number, began))
+
+    def _planned(
+        self, plans: dict[TP, Any], tps: list[TP], number: int, began: float, consumer: Consumer
+    ) -> None:
+        """Consumer thread: hand the plan to the loop, then resume the partitions (unless the worker is
+        paused for backpressure: its resume takes them). A partition revoked meanwhile, or assigned
+        again (a newer plan is coming), is left out."""
+        mine = [tp for tp in tps if self._planning.get(tp) == number]
+        if not mine:
+            return
+        for tp in mine:
+            del self._planning[tp]
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in mine})
+        if not self._paused:
+            consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in mine])
+            wake_fetchers(consumer)
+        log.info("assigned partitions %s (planned in %.0f ms)", _numbers(mine), _ms_since(began))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._release([TP(p.topic, p.partition) for p in partitions], commit=True)
+        tps = [TP(p.topic, p.partition) for p in partitions]
+        self._forget_plans(tps)
+        self._release(tps, commit=True)
         self._hand_back(consumer, partitions, added=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # already someone else's (session timed out): committing now would fail or overwrite theirs
-        self._release([TP(p.topic, p.partition) for p in partitions], commit=False)
+        tps = [TP(p.topic, p.partition) for p in partitions]
+        self._forget_plans(tps)
+        self._release(tps, commit=False)
         self._hand_back(consumer, partitions, added=False)
+
+    def _forget_plans(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self._planning.pop(tp, None)
 
     def _hand_back(self, consumer: Consumer, partitions: list[TopicPartition], *, added: bool) -> None:
         """Ends a rebalance callback: applies the change (what confluent-kafka would do after the
-        callback returns), then wakes the fetchers librdkafka paused for the callback's length."""
+        callback returns; added partitions stay paused until planned), then wakes the fetchers
+        librdkafka paused for the callback's length."""
         if self._incremental:
             if added:
                 consumer.incremental_assign(partitions)
@@ -305,6 +346,8 @@ class Worker:
             consumer.assign(partitions)
         else:
             consumer.unassign()
+        if added and partitions:
+            consumer.pause(partitions)
         wake_fetchers(consumer)
 
     def _release(self, tps: list[TP], *, commit: bool) -> None:
@@ -394,7 +437,20 @@ class Worker:
         """Backpressure: stop fetching while ``max_in_flight`` requests are unfinished (librdkafka
         drops what it prefetched and fetches again from the position on resume: nothing skipped)."""
         self._paused = pause
-        self._ops.append(functools.partial(_pause_or_resume, pause=pause))
+        self._ops.append(functools.partial(self._apply_pause, pause=pause))
+
+    def _apply_pause(self, consumer: Consumer, *, pause: bool) -> None:
+        """Consumer thread: pause or resume every partition, except that a partition still being
+        planned stays paused (``_planned`` resumes it)."""
+        try:
+            assignment = consumer.assignment()
+            if pause:
+                consumer.pause(assignment)
+                return
+            consumer.resume([p for p in assignment if TP(p.topic, p.partition) not in self._planning])
+            wake_fetchers(consumer)
+        except KafkaException as exc:
+            log.warning("pause/resume of the invocations partitions failed: %s", exc)
 
     async def _commit_periodically(self) -> None:
         while True:
@@ -440,15 +496,3 @@ def _sandbox_restarted(why: str) -> None:
     """Logged (summarised: a hostile script can make a few a second) and counted in the pool's stats
     (the scriptforge_sandbox_restarts metric)."""
     _restarts.log(logging.WARNING, kind_of(why), "%s", why)
-
-
-def _pause_or_resume(consumer: Consumer, *, pause: bool) -> None:
-    try:
-        assignment = consumer.assignment()
-        if pause:
-            consumer.pause(assignment)
-        else:
-            consumer.resume(assignment)
-            wake_fetchers(consumer)
-    except KafkaException as exc:
-        log.warning("pause/resume of the invocations partitions failed: %s", exc)
