@@ -399,8 +399,9 @@ async def test_no_reply_says_what_is_known_not_a_guess(
         async with InvocationClient(kafka_bootstrap, settings, reply_grace_ms=0) as client:
             outcome = await client.invoke("anything", {}, timeout_ms=300)
             assert (outcome.reason, outcome.code) == ("timeout", 504)
-            assert f"no worker serves {settings.topic_prefix}.invocations" in outcome.message, outcome.message
-            assert f"consumer group {settings.worker_group} has no members" in outcome.message
+            message = outcome.message or ""
+            assert f"no worker serves {settings.topic_prefix}.invocations" in message, message
+            assert f"consumer group {settings.worker_group} has no members" in message
     finally:
         delete_prefix_topics(settings)
 

@@ -74,7 +74,10 @@ def raw(settings: Settings) -> Iterator[Producer]:
 def _send_raw(
     raw: Producer, settings: Settings, key: bytes, value: bytes, call_id: str, reply_to: str
 ) -> None:
-    headers = [(HEADER_CALL_ID, call_id.encode()), (HEADER_REPLY_TOPIC, reply_to.encode())]
+    headers: list[tuple[str, str | bytes | None]] = [
+        (HEADER_CALL_ID, call_id.encode()),
+        (HEADER_REPLY_TOPIC, reply_to.encode()),
+    ]
     raw.produce(Topics(settings).invocations, key=key, value=value, headers=headers)
     assert raw.flush(10) == 0, "the broker did not take the record"
 
