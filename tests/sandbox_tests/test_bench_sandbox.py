@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.bench_cli import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +23,15 @@ SERIES = {
 
 
 def test_bench_sandbox_prints_one_json_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "sandbox", "--runs", "100", "--attack-seconds", "0.4"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, done.stdout
-    report = json.loads(lines[0])
+    report, stderr = run_bench(["sandbox", "--runs", "100", "--attack-seconds", "0.4"])
     assert set(report) >= SERIES, sorted(SERIES - set(report))
     for name in ("back_to_back", "paced"):
         assert report[name]["cpu_us"] > 0 and report[name]["p50_us"] > 0, report[name]
     assert report["paced_cpu_vs_back_to_back"] > 0
-    assert "1 ms apart" in done.stderr and "back to back" in done.stderr
+    assert "1 ms apart" in stderr and "back to back" in stderr
     # the boundary between accounts: its costs, and the victim beside every class of attack, answered right
     assert report["accounts"]["fork_ms_p50"] > 0 and report["accounts"]["recycled"] > 0
     for name, figures in report["attacks"].items():
         assert figures["victim_wrong"] == 0, (name, figures)
         assert figures["p99_ratio"] > 0 and figures["attacker_runs"] > 0, (name, figures)
-    assert "victim p99 beside each attack" in done.stderr
+    assert "victim p99 beside each attack" in stderr
