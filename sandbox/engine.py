@@ -129,6 +129,7 @@ class ScriptContext:
         self._is_done = pick(protocol, "isDone")
         self._returned_undefined = pick(protocol, "returnedUndefined")
         self._finish_idle = pick(protocol, "finishIdle")
+        self._fire_timer = pick(protocol, "fireTimer")
         self._fail_idle = pick(protocol, "failIdle")
         self._abandon = pick(protocol, "abandon")
         self._result = pick(protocol, "result")
@@ -170,6 +171,11 @@ class ScriptContext:
 
     def finish_idle(self) -> None:
         self._finish_idle()
+
+    def fire_timer(self, limit_ms: float) -> int:
+        """When the run is idle: fire its earliest timer. 0 none pending, 1 fired, 2 the next is due
+        after ``limit_ms`` (ms from the run's start: its time limit)."""
+        return int(self._fire_timer(float(limit_ms)))
 
     def fail_idle(self, message: str) -> None:
         self._fail_idle(message)

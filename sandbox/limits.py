@@ -36,6 +36,9 @@ MAX_CALL_CHARS = MAX_VALUE_CHARS + 4 * MAX_KEY_CHARS
 MAX_RUN_CALL_CHARS = 1_048_576
 #: outbound messages (api.send.*) one run may queue; the next is refused with 429
 MAX_OUTBOUND = 100
+#: timers (setTimeout, setInterval) pending at once in one run; the next throws a RangeError. Each
+#: idle moment scans them for the earliest, so the bound keeps a run of intervals cheap.
+MAX_TIMERS = 1000
 #: log lines kept per run, and characters per line (longer lines are cut, a surrogate pair kept whole)
 MAX_LOG_ENTRIES = 200
 MAX_LOG_CHARS = 2000
@@ -79,6 +82,7 @@ def prelude_limits() -> dict[str, int]:
         "valueChars": MAX_VALUE_CHARS,
         "valueDepth": MAX_VALUE_DEPTH,
         "outbound": MAX_OUTBOUND,
+        "timers": MAX_TIMERS,
         "logEntries": MAX_LOG_ENTRIES,
         "logChars": MAX_LOG_CHARS,
         "messageChars": MAX_MESSAGE_CHARS,

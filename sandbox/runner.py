@@ -33,12 +33,14 @@ HostChannel = Callable[[str, float], str]
 
 #: how long the runner may take, past a run's deadline, to read the logs out of its context
 CLEANUP_S = 0.02
+#: what the prelude's fireTimer answers: a timer fired; the next is due after the run's time limit
+TIMER_FIRED, TIMER_TOO_LATE = 1, 2
 
 _NULL_WORD = re.compile(r"\bnull\b")
 
 
 class RunDeadline(Exception):
-    """The run's wall-clock deadline passed."""
+    """The run's wall-clock deadline passed (or its next timer is due after its time limit)."""
 
 
 @dataclass
@@ -134,7 +136,7 @@ class ScriptRunner:
         try:
             a, b = seeds(req.call_id, req.now_ms)
             ctx.start(req.vars_json, req.now_ms, a, b, req.function)
-            self._drive(ctx, deadline)
+            self._drive(ctx, deadline, req.budget_ms)
             text = ctx.result(limits.MAX_RESPONSE_CHARS)
         except RunDeadline:
             return self._fail(req.key, ctx, "timeout", 408, _timeout_message(req))
@@ -200,7 +202,9 @@ class ScriptRunner:
             _, evicted = self._contexts.popitem(last=False)
             held -= evicted.memory_mb
 
-    def _drive(self, ctx: ScriptContext, deadline: float) -> None:
+    def _drive(self, ctx: ScriptContext, deadline: float, budget_ms: float) -> None:
+        """Runs jobs, then answers host calls, then fires timers, until the run is done: a timer fires
+        only when nothing else is pending (the run's own clock jumps to it: docs/script-api.md)."""
         while not ctx.is_done():
             while True:
                 if time.monotonic() > deadline:
@@ -218,6 +222,11 @@ class ScriptRunner:
                 continue
             if ctx.is_done():
                 return
+            fired = ctx.fire_timer(budget_ms)
+            if fired == TIMER_FIRED:
+                continue
+            if fired == TIMER_TOO_LATE:
+                raise RunDeadline  # waiting for it would pass the time limit
             if ctx.returned_undefined():
                 ctx.finish_idle()
             else:

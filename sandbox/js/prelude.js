@@ -41,6 +41,7 @@
   const mathImul = Math.imul;
   const ErrorCtor = Error;
   const RangeErrorCtor = RangeError;
+  const TypeErrorCtor = TypeError;
   const InternalErrorCtor = typeof InternalError === 'function' ? InternalError : Error;
   const regexpExec = RegExp.prototype.exec;
   const stringSlice = String.prototype.slice;
@@ -252,6 +253,66 @@
   FrozenDate.UTC = RealDate.UTC;
   defineProperty(RealDate.prototype, 'constructor', { value: FrozenDate, writable: true, configurable: true });
 
+  // ---- timers on the run's own clock -------------------------------------------------------------
+  // A timer fires only when the run has nothing else to do (no job queued, no host call outstanding),
+  // the earliest first (ties in the order they were set), and the frozen clock moves to its time:
+  // Date.now() advances by the delay, but no real time passes, so a run that waits on a timer costs
+  // the caller no post-dial delay, and a re-run fires the same timers at the same clock readings. A
+  // timer due after the run's time limit ends the run `timeout`, as waiting for it would. A run ends
+  // when its result settles: its timers left pending never fire (nor do top-level code's).
+  let runStartMs = 0;
+  let timers = list();  // records { id, due (ms from the run's start), fn, args, every, cleared }
+  let timersLive = 0;
+  let timerSeq = 0;
+  function addTimer(fn, ms, extra, repeat) {
+    if (typeof fn !== 'function') {
+      throw construct(TypeErrorCtor, [(repeat ? 'setInterval' : 'setTimeout') +
+        ' needs a function (a string of code is not run)']);
+    }
+    if (timersLive >= limits.timers) {
+      throw construct(RangeErrorCtor, ['more than ' + limits.timers + ' timers pending in one run']);
+    }
+    let delay = NumberCtor(ms);
+    if (!(delay > 0)) delay = 0;  // NaN, negative, missing: at once
+    timerSeq++;
+    push(timers, rec({ id: timerSeq, due: nowMs - runStartMs + delay, fn: fn, args: extra,
+      every: repeat ? (delay >= 1 ? delay : 1) : 0, cleared: false }));
+    timersLive++;
+    return timerSeq;
+  }
+  function clearTimer(id) {
+    for (let i = 0; i < timers.length; i++) {
+      const t = timers[i];
+      if (t.id === id && !t.cleared) { t.cleared = true; timersLive--; return; }
+    }
+  }
+  function liveTimers() {
+    const kept = list();
+    for (let i = 0; i < timers.length; i++) if (!timers[i].cleared) push(kept, timers[i]);
+    return kept;
+  }
+  // 0: no timer pending; 1: one fired; 2: the next is due after limitMs (the run's time limit)
+  function fireTimer(limitMs) {
+    if (run.done) return 0;
+    let next = null;
+    for (let i = 0; i < timers.length; i++) {
+      const t = timers[i];
+      if (!t.cleared && (next === null || t.due < next.due || (t.due === next.due && t.id < next.id))) next = t;
+    }
+    if (next === null) return 0;
+    if (next.due > limitMs) return 2;
+    nowMs = runStartMs + next.due;
+    if (next.every > 0) {
+      next.due += next.every;
+    } else {
+      next.cleared = true;
+      timersLive--;
+    }
+    timers = liveTimers();
+    try { apply(next.fn, undefined, next.args); } catch (e) { completeError(run.id, e); }
+    return 1;
+  }
+
   // xoshiro128** seeded by the host from the call id and timestamp.
   let s0 = 1, s1 = 2, s2 = 3, s3 = 4;
   function rotl(x, k) { return (x << k) | (x >>> (32 - k)); }
@@ -408,6 +469,10 @@
   delete global.FinalizationRegistry;
   delete global.__date_clock;
   global.Date = FrozenDate;
+  global.setTimeout = function (fn, ms) { return addTimer(fn, ms, apply(arraySlice, arguments, [2]), false); };
+  global.setInterval = function (fn, ms) { return addTimer(fn, ms, apply(arraySlice, arguments, [2]), true); };
+  global.clearTimeout = function (id) { clearTimer(id); };
+  global.clearInterval = function (id) { clearTimer(id); };
   Math.random = random;
   defineProperty(JSON, 'stringify', { value: stringify, writable: true, configurable: true });
   global.console = makeConsole();
@@ -475,6 +540,9 @@
       callChars: 0, outbound: list(), returnedUndefined: false });
     const runId = run.id;
     nowMs = now;
+    runStartMs = now;
+    timers = list();
+    timersLive = 0;
     s0 = seedA | 0 || 1; s1 = seedB | 0 || 2; s2 = (seedA ^ 0x9e3779b9) | 0; s3 = (seedB ^ 0x85ebca6b) | 0;
     for (let i = 0; i < 8; i++) random();
     let data;
@@ -559,6 +627,9 @@
         try { settleOne(results[i][0], results[i][1], results[i][2]); } catch (e) { completeError(run.id, e); }
       }
     },
+    // Fires the earliest pending timer when the run is idle (see "timers" above): 0 none, 1 fired,
+    // 2 the next is due after `limitMs`, the run's time limit.
+    fireTimer: fireTimer,
     isDone: function () { return run.done; },
     returnedUndefined: function () { return run.returnedUndefined; },
     // Completes a run that has nothing left to wait for (main returned undefined, no exit()).

@@ -548,7 +548,12 @@ STANDARD = {
     "undefined", "unescape",
 }  # fmt: skip
 #: the script API (docs/script-api.md): what every type has, and what app and driver add
-API_ALL = {"console", "process", "module", "exports", "vars", "exit", "err", "ctx"}
+API_ALL = {"console", "process", "module", "exports", "vars", "exit", "err", "ctx"} | {
+    "setTimeout",
+    "setInterval",
+    "clearTimeout",
+    "clearInterval",
+}
 API_HOST = {"api", "datastore", "require"}
 
 
