@@ -169,8 +169,9 @@ class InvocationHandler:
 
     ``handle`` returns once the reply is *produced*, with a future (the tail) that completes when it is
     delivered: the lane can start the script's next request meanwhile. ``handle`` or the tail fail only
-    when the broker cannot take a dead letter either; the lane then handles the request again (nothing
-    is committed, nothing lost)."""
+    when the broker cannot take a dead letter either. The lane then handles a failed batch again, but
+    gives up on a request whose tail failed rather than run its script twice (``abandon``); nothing is
+    committed before either, nothing lost."""
 
     def __init__(
         self, output: Any, settings: Settings, registry: ScriptRegistry, pool: SandboxPool, worker_id: str
