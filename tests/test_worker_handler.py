@@ -99,7 +99,7 @@ async def test_a_crashing_request_is_retried_then_dead_lettered_and_answered_cra
         partition=0,
         offset=5,
         value=value,
-        key=b"s",
+        key=request.kafka_key,
         timestamp_ms=now,
         headers=[],
     )
@@ -146,7 +146,7 @@ def _message(request: InvocationRequest, offset: int = 5) -> Any:
         partition=0,
         offset=offset,
         value=codec(InvocationRequest).encode(request),
-        key=request.script.encode(),
+        key=request.kafka_key,
         timestamp_ms=request.timestamp_ms,
         headers=[],
     )
@@ -343,7 +343,7 @@ async def test_a_miskeyed_request_is_answered_an_error_and_dead_lettered_not_run
     dead = codec(DeadLetter).decode(output.sent[0][2])
     reply = codec(InvocationReply).decode(output.sent[1][2])
     assert dead.reason == "miskeyed" and reply.outcome_dict["code"] == 400
-    assert "b'another-script'" in reply.outcome_dict["message"] and "b's'" in reply.outcome_dict["message"]
+    assert "b'another-script'" in reply.outcome_dict["message"] and "b'a/s'" in reply.outcome_dict["message"]
 
 
 async def test_a_reply_to_a_topic_that_does_not_exist_is_dead_lettered_without_more_tries() -> None:

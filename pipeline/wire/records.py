@@ -128,7 +128,7 @@ def _avro(cls: _R) -> _R:
 @_avro
 @dataclass(slots=True)
 class InvocationRequest(_Record):
-    """One request to run a script (schemas/invocation_request.avsc); Kafka key: ``script``."""
+    """One request to run a script (schemas/invocation_request.avsc); Kafka key: ``account/script``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.InvocationRequest"
 
@@ -181,9 +181,10 @@ class InvocationRequest(_Record):
 
     @property
     def kafka_key(self) -> bytes:
-        """The Kafka key the request must carry: it picks the partition and the lane that keep one
-        script's requests in order (a worker refuses a request keyed otherwise)."""
-        return self.script.encode()
+        """The Kafka key the request must carry, ``account/script``: it picks the partition and the
+        lane that keep one script's requests in order, and two accounts' scripts of the same name
+        never share either (a worker refuses a request keyed otherwise)."""
+        return script_key(self.account, self.script).encode()
 
     def to_invocation(self) -> Invocation:
         """The sandbox's view of this request."""

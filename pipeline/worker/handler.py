@@ -284,8 +284,9 @@ class InvocationHandler:
         error and dead-lettered, so the producer's bug shows at once (docs/pipeline.md)."""
         got = "no key" if msg.key is None else f"the key {bytes(msg.key)[:64]!r}"
         detail = (
-            f"invalid input: the request for script {request.script!r} has {got}; requests must be keyed "
-            f"{request.kafka_key!r} so that one script's requests stay in order"
+            f"invalid input: the request for script {request.script!r} of account {request.account!r} has "
+            f"{got}; requests must be keyed {request.kafka_key!r} (account/script) so that one script's "
+            "requests stay in order"
         )
         await self._dead_letter(msg, "miskeyed", detail, request.attempt + 1, request.call_id)
         outcome = Outcome.failure(Reason.RUNTIME, 400, detail)
@@ -525,15 +526,20 @@ def _header_address(msg: Any) -> tuple[str | None, str | None]:
 
 
 def _stub_request(call_id: str, msg: Any, reply_topic: str) -> InvocationRequest:
-    """A request to answer ``msg`` by, when its body cannot be read: its script is its Kafka key."""
+    """A request to answer ``msg`` by, when its body cannot be read: its account and script are read
+    from its Kafka key (``account/script``: accounts contain no '/'; a key without one is taken as
+    the script)."""
+    account, slash, script = (msg.key or b"").decode(errors="replace").partition("/")
+    if not slash:
+        account, script = "", account
     return InvocationRequest(
         call_id=call_id,
-        script=(msg.key or b"").decode(errors="replace"),
+        script=script,
         vars_json="null",
         reply_topic=reply_topic,
         deadline_ms=0,
         timestamp_ms=0,
-        account="",
+        account=account,
     )
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from pipeline.wire.codec import HEADER_SIZE, MARKER, codec
-from pipeline.wire.records import InvocationRequest
+from pipeline.wire.records import InvocationRequest, script_key
 
 from . import scripts as js
 from .harness import Experiment, Findings
@@ -350,7 +350,7 @@ class _Poison:
     def __init__(
         self,
         kind: str,
-        key: str,
+        key: str,  # the script whose Kafka key (account/script) the record carries
         call_id: str,
         value: bytes,
         *,
@@ -436,12 +436,13 @@ def poison(rig: Rig, f: Findings) -> None:
     rig.start_normal_load()
     rig.phase("during")
     sent: list[tuple[_Poison, Request]] = []
+    accounts = {ref.name: ref.account for ref in rig.scripts}
     for record in records:
         headers = rig.load.headers(record.call_id, record.reply_topic) if record.headers else []
         request = rig.load.raw(
             "poison",
             record.kind,
-            key=record.key.encode(),
+            key=script_key(accounts[record.key], record.key).encode(),
             value=record.value,
             headers=headers,
             call_id=record.call_id,

@@ -166,7 +166,19 @@ def _latency(rig: Rig, result: Result, findings: Findings) -> None:
             result.figures[f"bad windows after recovery ({label})"] = recovery.relapses
 
 
+#: what a valid request of a normal script may come back as under any fault: ok, too late to run
+#: (expired), or out of time when it started with only a few ms of its deadline left (timeout)
+NORMAL_OUTCOMES = frozenset({"ok", "error/expired", "error/timeout"})
+
+
 def _common_verdicts(rig: Rig, result: Result, lost: list[Any]) -> None:
+    wrong = Counter(
+        r.outcome
+        for r in rig.load.ledger.stream(NORMAL)
+        if r.status is not None and r.outcome not in NORMAL_OUTCOMES
+    )
+    if wrong:
+        result.violations.append(f"valid requests of the normal scripts answered with errors: {dict(wrong)}")
     if lost and rig.normal is not None:  # else the setup failed, and its error says why
         kinds = Counter(f"{r.stream}:{r.script}" for r in lost).most_common(8)
         result.violations.append(

@@ -349,9 +349,7 @@ class Load:
         due = time.monotonic() if scheduled is None else scheduled
         request = self.ledger.add(Request(call_id, stream, script.name, script.account, due, kind=kind))
         sender = self.bulk if bulk else self.prompt
-        sender.send(
-            self.invocations, request, script.name.encode(), _REQUESTS.encode(body), self.headers(call_id)
-        )
+        sender.send(self.invocations, request, body.kafka_key, _REQUESTS.encode(body), self.headers(call_id))
         return request
 
     def raw(

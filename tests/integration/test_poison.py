@@ -23,7 +23,7 @@ from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, Invocatio
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
-from pipeline.wire.records import DeadLetter, InvocationReply, InvocationRequest
+from pipeline.wire.records import DeadLetter, InvocationReply, InvocationRequest, script_key
 from pipeline.wire.topics import Topics
 from pipeline.worker.worker import Worker
 
@@ -114,7 +114,7 @@ async def test_unreadable_records_of_any_size_are_dead_lettered_whole_or_as_a_re
     values = {small: b"\x00garbage" + b"s" * 150_000, large: b"\x00garbage" + b"L" * 1_040_000}
     replies = {call_id: client.expect(call_id) for call_id in values}
     for call_id, value in values.items():
-        _send_raw(raw, settings, script.encode(), value, call_id, client.reply_topic)
+        _send_raw(raw, settings, script_key("default", script).encode(), value, call_id, client.reply_topic)
 
     for call_id, fut in replies.items():
         reply: InvocationReply = await asyncio.wait_for(fut, 20)
