@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from sandbox.host import HostCallError
-from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS
+from sandbox.hostcalls import check_value
+from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS, MAX_KEY_CHARS
 from sandbox.types import Invocation, Outcome, Script
 
 DEFAULT_AREA = "default"
@@ -80,6 +81,31 @@ class LocalHost:
                 target[key] = row[1] if len(row) > 1 else key
                 count += 1
         return count
+
+    def seed_datastore(self, account: str, script: str, values: dict[str, Any]) -> None:
+        """Sets the datastore of ``script`` (of ``account``) to ``values`` (``scriptforge run
+        --datastore``), held to what a script's own writes are held to: key and value limits and the
+        quota. A ValueError names the first key that breaks one."""
+        store: dict[str, Any] = {}
+        sizes: dict[str, int] = {}
+        for key, value in values.items():
+            if not key or len(key) > MAX_KEY_CHARS:
+                raise ValueError(f"key {key[:40]!r}: a key has 1 to {MAX_KEY_CHARS} characters")
+            try:
+                check_value(f"the value of {key!r}", value)
+            except HostCallError as exc:
+                raise ValueError(exc.message) from None
+            store[key] = value
+            sizes[key] = len(key) + len(orjson.dumps(value))
+        total = sum(sizes.values())
+        if len(store) > MAX_DATASTORE_KEYS or total > MAX_DATASTORE_CHARS:
+            raise ValueError(
+                f"{len(store)} keys and {total} characters: a script's datastore holds at most "
+                f"{MAX_DATASTORE_KEYS} keys and {MAX_DATASTORE_CHARS} characters"
+            )
+        scope = (account, script)
+        self.datastore[scope], self.entry_chars[scope], self.total_chars[scope] = store, sizes, total
+        self.expiry.pop(scope, None)
 
     def drop_expired(self, scope: Scope) -> bool:
         """Removes the datastore keys of ``scope`` whose time to live is over; whether there were any."""

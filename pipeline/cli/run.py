@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
         help="load a user-space list from CSV (repeatable)",
     )
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="process.env entry")
+    p.add_argument(
+        "--datastore",
+        metavar="FILE.json",
+        help="seed the script's datastore from a JSON object of key -> value; the printed Outcome then "
+        "has a 'datastore' field with what the run changed ({} to start empty)",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -60,10 +66,40 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             host.load_csv(area, path, account=script.account)
         except OSError as exc:
             raise UsageError(f"--userspace {item}: cannot read {path}: {exc.strerror}") from None
+    seeded = None if args.datastore is None else _seed(host, script, args.datastore)
     outcome = asyncio.run(_run_once(host, script, invocation))
-    json.dump(outcome.to_json(), sys.stdout, ensure_ascii=False)
+    shown = outcome.to_json()
+    if seeded is not None:
+        shown["datastore"] = _changes(seeded, host.datastore.get((script.account, script.name), {}))
+    json.dump(shown, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0 if outcome.ok else 1
+
+
+def _seed(host: LocalHost, script: Script, path: str) -> dict[str, Any]:
+    """The datastore ``path`` holds, set as the script's; a usage error naming the file otherwise."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--datastore {path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"--datastore {path}: not JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise UsageError(
+            f"--datastore {path}: must be a JSON object of key -> value, not {type(values).__name__}"
+        )
+    try:
+        host.seed_datastore(script.account, script.name, values)
+    except ValueError as exc:
+        raise UsageError(f"--datastore {path}: {exc}") from None
+    return dict(values)
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What a run did to the datastore: keys set (new or changed, with their values) and deleted.
+    Empty when the run failed: a failed run's writes are never applied."""
+    changed = {key: value for key, value in after.items() if key not in before or before[key] != value}
+    return {"set": changed, "deleted": sorted(key for key in before if key not in after)}
 
 
 async def _run_once(host: LocalHost, script: Script, invocation: Invocation) -> Outcome:

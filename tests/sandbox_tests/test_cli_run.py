@@ -209,3 +209,68 @@ def test_deploy_refuses_limits_out_of_bounds_before_reaching_kafka(script):
     proc = subprocess.run(deploy, capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)
     assert proc.returncode == 2, proc.stdout
     assert "--memory-mb" in proc.stderr and "512" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- --datastore
+
+COUNTER = """
+async function main() {
+  const n = await datastore.incr('calls');
+  await datastore.set('last', {n: n});
+  await datastore.delete('old');
+  return n;
+}
+"""
+
+
+def test_datastore_seeds_the_run_and_the_outcome_shows_what_it_changed(script, tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text('{"calls": 41, "old": "x", "kept": [1, 2]}')
+    proc = sf(script(COUNTER), "--datastore", str(state))
+    assert proc.returncode == 0, proc.stderr
+    out = outcome(proc)
+    assert out["response"] == 42
+    assert out["datastore"] == {"set": {"calls": 42, "last": {"n": 42}}, "deleted": ["old"]}
+
+
+def test_a_failed_run_changes_nothing_in_the_seeded_datastore(script, tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    proc = sf(
+        script("async function main() { await datastore.set('k', 1); throw new Error('no'); }"),
+        "--datastore",
+        str(state),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert outcome(proc)["datastore"] == {"set": {}, "deleted": []}
+
+
+def test_without_datastore_the_outcome_has_no_datastore_field(script):
+    proc = sf(script(COUNTER))
+    assert proc.returncode == 0, proc.stderr
+    assert "datastore" not in outcome(proc)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("[1, 2]", "must be a JSON object of key -> value, not list"),
+        ("{not json", "not JSON"),
+        ('{"": 1}', "a key has 1 to 256 characters"),
+        ('{"deep": ' + "[" * 70 + "]" * 70 + "}", "nested deeper than 64 levels"),
+    ],
+)
+def test_a_bad_datastore_file_is_a_usage_error_naming_the_file_and_the_problem(
+    script, tmp_path, content, says
+):
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    proc = sf(script(COUNTER), "--datastore", str(state))
+    assert proc.returncode == 2, proc.stdout
+    assert f"--datastore {state}" in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_a_missing_datastore_file_is_a_usage_error(script, tmp_path):
+    proc = sf(script(COUNTER), "--datastore", str(tmp_path / "missing.json"))
+    assert proc.returncode == 2
+    assert "cannot read it" in proc.stderr
