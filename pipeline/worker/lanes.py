@@ -19,8 +19,9 @@ revocation to wait (bounded) for the revoked partitions' requests and commit the
 
 Nothing stops a lane for good. The handler turns every failure of a request into a reply or a dead
 letter, so what reaches the lanes is a failure of the output path itself (the broker refusing or not
-taking records). A batch or an event is tried ``max_tries`` times with growing pauses, then *given up
-on*: ``give_up(event, error)`` answers and dead-letters it (pipeline/worker/handler.py). Only when even that
+taking records). A batch is tried ``max_tries`` times with growing pauses, then its events are *given
+up on*: ``give_up(event, error)`` answers and dead-letters each (pipeline/worker/handler.py). An event
+whose tail failed is given up on at once (the handler has already retried it). Only when even that
 fails, which means the broker takes nothing at all, does the lane keep trying, at most every
 ``MAX_RETRY_DELAY`` s: then no lane could move anyway, and waiting loses nothing. Each failure raises an
 alarm (pipeline/observability/alarms.py).
@@ -50,13 +51,13 @@ Tail = asyncio.Future[None] | None
 HandleOne = Callable[[Any], Awaitable[Tail]]
 #: a handler of a lane's batch (consecutive events of one lane, in order): one tail per event
 Handle = Callable[[list[Any]], Awaitable[list[Tail]]]
-#: gives up on an event its handler failed on ``max_tries`` times (answers and dead-letters it); returns
-#: once that is done, raises when it could not be
+#: gives up on an event (answers and dead-letters it): one whose batch failed ``max_tries`` times, or
+#: whose tail failed; returns once that is done, raises when it could not be
 GiveUp = Callable[[Any, BaseException], Awaitable[None]]
 
 #: most events of one lane handed to the handler at once
 MAX_BATCH = 32
-#: tries of a batch, or of an event whose output failed, before its events are given up on
+#: tries of a batch before its events are given up on
 MAX_TRIES = 4
 #: the longest pause between two tries (they double from ``retry_delay``)
 MAX_RETRY_DELAY = 10.0
