@@ -389,12 +389,11 @@ class Worker:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def _assigned(self, plans: dict[TP, Any]) -> None:
+        # no re-pause for backpressure here: new partitions come paused, and _planned resumes them
+        # only while the worker is not paused (a later pause or resume op covers them)
         self._owned.update(plans)
-        if self._owned:
-            self.ready.set()
+        self.ready.set()
         self.recovery.assigned(plans)
-        if self._paused:
-            self._pause_or_resume(pause=True)
 
     async def _revoked(self, tps: list[TP], wait: float) -> dict[Any, int]:
         self._owned.difference_update(tps)
