@@ -33,7 +33,7 @@ from pipeline.errors import BrokerError, CodecError
 from pipeline.kafka.connection import client_config
 from pipeline.kafka.producers import SplitProducer
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec, where
+from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
 from pipeline.wire.topics import Topics, TopicSpec, create_topics, delete_topics
 from sandbox.types import Outcome, Reason
@@ -266,9 +266,8 @@ class InvocationClient:
                 if error.code() != KafkaError._PARTITION_EOF:
                     time.sleep(0.05)
                 continue
-            at = where(self.reply_topic, msg.partition(), msg.offset())
             try:
-                reply = _REPLIES.decode(msg.value(), where=at)
+                reply = _REPLIES.decode(msg.value())
             except CodecError:
                 continue  # not ours to fail on: a reply we cannot read is as good as none
             self._call_soon(self._deliver, reply)
