@@ -3,9 +3,9 @@
 Two kinds of record, both ScriptDefinition values, on one partition (so their order is total):
 
 - ``account/name@version``: one immutable version. Compaction keeps every version (distinct keys), so
-  a request pinned to a version and a rollback can always find it.
+  a request pinned to a version can always find it.
 - ``account/name``: the *pointer*, a copy of the active version with the script's state
-  (active|stopped). Deploy writes the version, then the pointer; stop/start and rollback rewrite only
+  (active|stopped). Deploy writes the version, then the pointer; stop/start rewrite only
   the pointer. A reader that has seen a pointer has seen the version it names (one partition, written
   in that order). Stopping applies to the script as a whole: pinned versions of a stopped script are
   stopped too.
