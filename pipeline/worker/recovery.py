@@ -440,7 +440,7 @@ class Recovery:
                 decided[tp] = Isolation(plan.isolate_until)
             else:
                 decided[tp] = None
-        # on the broker before any message of these partitions is fetched (this runs in the assignment)
+        # on the broker before any message of these partitions is fetched (they stay paused until planned)
         store.write_many(writes)
         return decided
 
