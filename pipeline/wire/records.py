@@ -8,25 +8,24 @@ The dataclasses are ``slots=True`` but not frozen: a frozen dataclass costs abou
 and these sit on the per-call hot path. Treat them as values all the same (``dataclasses.replace``).
 
 Each record's fields are declared once, as its dataclass, and must be those of its schema's current
-version: ``to_dict`` writes them in the schema's order, read from ``schemas/*.avsc`` when this module
-is imported, and a dataclass whose fields differ from its schema fails that import with both lists.
+version: ``to_dict`` writes them in the schema's order, taken from the codecs' schema catalogue
+(``schemas/*.avsc``) when this module is imported, and a dataclass whose fields differ from its schema
+fails that import with both lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import operator
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib import resources
 from typing import Any, ClassVar, Self, TypeVar
 
 import orjson
 
 from pipeline.errors import MalformedMessageError
+from pipeline.wire.codec import default_catalogue
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Invocation, Outcome, Script, ScriptType
 
 NAMESPACE = "scriptforge"
@@ -103,18 +102,10 @@ class _Record:
 _R = TypeVar("_R", bound=type[_Record])
 
 
-def _schema_field_names(full_name: str) -> tuple[str, ...]:
-    """Field names of a record's current schema: ``scriptforge.InvocationRequest`` is read from
-    ``schemas/invocation_request.avsc``."""
-    short = full_name.rsplit(".", 1)[-1]
-    file = re.sub(r"(?<!^)(?=[A-Z])", "_", short).lower() + ".avsc"
-    schema = json.loads(resources.files("schemas").joinpath(file).read_text())
-    return tuple(f["name"] for f in schema["fields"])
-
-
 def _avro(cls: _R) -> _R:
     """Binds a record dataclass to its schema, refusing one whose fields differ from it."""
-    names = _schema_field_names(cls.SCHEMA)
+    # the current schema as the codecs read it (schemas/*.avsc), in its field order
+    names = tuple(spec["name"] for spec in default_catalogue().current(cls.SCHEMA).parsed["fields"])
     declared = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     if sorted(names) != sorted(declared):
         raise TypeError(
