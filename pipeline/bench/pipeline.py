@@ -62,6 +62,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
+from pipeline.bench.figures import percentile
 from pipeline.broker.local import probe_kafka, split_host_port
 from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
 from pipeline.errors import BrokerError, CodecError
@@ -340,12 +341,6 @@ class PhaseDriver:
 
 
 # ---- statistics --------------------------------------------------------------------------------
-def _pct(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def _ms(x: float) -> float:
     return round(x * 1000, 2)
 
@@ -360,8 +355,8 @@ def summarize(phase: Phase) -> dict[str, Any]:
         "replies": len(got),
         "missing": phase.n - len(got),
         "duplicates": phase.duplicates,
-        "p50_ms": _ms(_pct(got, 0.50)),
-        "p99_ms": _ms(_pct(got, 0.99)),
+        "p50_ms": _ms(percentile(got, 0.50)),
+        "p99_ms": _ms(percentile(got, 0.99)),
         "max_ms": _ms(got[-1]) if got else float("nan"),
         "replies_per_s": round(len(got) / span, 1),
         "max_send_lag_ms": _ms(phase.max_send_lag),
@@ -409,7 +404,10 @@ def breakdown(phase: Phase, wall_minus_perf: float) -> dict[str, dict[str, float
     out = {}
     for name, values in parts.items():
         values.sort()
-        out[name] = {"p50_ms": round(_pct(values, 0.5), 2), "p99_ms": round(_pct(values, 0.99), 2)}
+        out[name] = {
+            "p50_ms": round(percentile(values, 0.5), 2),
+            "p99_ms": round(percentile(values, 0.99), 2),
+        }
     return out
 
 

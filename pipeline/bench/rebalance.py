@@ -30,6 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipeline.bench.figures import percentile
 from pipeline.kafka.connection import wake_fetchers
 
 PARTITIONS = 8
@@ -140,20 +141,13 @@ def _run(broker: str, topic: str, series: Series) -> Measured:
     return measured
 
 
-def _p99(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
 def _figures(measured: Measured) -> dict[str, Any]:
     kept = [(sent, delay) for sent, delay, part in measured.records if part not in measured.revoked]
     quiet = [delay for sent, delay in kept if sent < JOIN_AT]
     return {
         "kept_partitions": PARTITIONS - len(measured.revoked),
         "records": len(kept),
-        "p99_before_ms": round(_p99(quiet), 1),
+        "p99_before_ms": round(percentile(sorted(quiet), 0.99), 1),
         "worst_ms": round(max((delay for _, delay in kept), default=float("nan")), 1),
     }
 
