@@ -46,6 +46,11 @@ class AsrStats:
         return {"status": status, "attempts": self.attempts, "answered": self.answered, "asr": asr}
 
 
+def entry_chars(key: str, value: Any) -> int:
+    """What one datastore entry counts against the quota: its key and its value as JSON."""
+    return len(key) + len(orjson.dumps(value))
+
+
 @dataclass
 class LocalHost:
     #: user-space lists: (account, area) -> key -> value
@@ -96,7 +101,7 @@ class LocalHost:
             except HostCallError as exc:
                 raise ValueError(exc.message) from None
             store[key] = value
-            sizes[key] = len(key) + len(orjson.dumps(value))
+            sizes[key] = entry_chars(key, value)
         total = sum(sizes.values())
         if len(store) > MAX_DATASTORE_KEYS or total > MAX_DATASTORE_CHARS:
             raise ValueError(
@@ -231,7 +236,7 @@ class LocalSession:
         script at the same time (the worker never makes them: a script's runs are sequential) could
         each use the room that is left."""
         existed, old_size = self._entry(key)
-        size = 0 if value is _MISSING else len(key) + len(orjson.dumps(value))
+        size = 0 if value is _MISSING else entry_chars(key, value)
         if value is not _MISSING:
             over = self._over_quota(existed, size - old_size)
             if over and self._host.drop_expired(self._script_scope):
