@@ -26,6 +26,8 @@ COMMANDS = (
     "route",
     "userspace",
     "cdr",
+    "asr",
+    "logs",
     "replay",
     "bench",
 )

@@ -38,6 +38,8 @@ class Topics:
         self.scripts = t("scripts")
         self.routes = t("routes")
         self.userspace = t("userspace")
+        self.datastore = t("datastore")
+        self.asrplus = t("asrplus")
         self.cdrs = t("cdrs")
         self.outbound = t("outbound")
         self.logs = t("logs")
@@ -55,6 +57,11 @@ class Topics:
             TopicSpec(self.scripts, 1, dict(COMPACTED)),
             TopicSpec(self.routes, 1, dict(COMPACTED)),
             TopicSpec(self.userspace, 1, dict(COMPACTED)),
+            # the changelog of the scripts' datastores: partition p holds the state of the scripts
+            # whose invocations are on partition p, so state follows its partition (docs/state.md)
+            TopicSpec(self.datastore, n, dict(COMPACTED)),
+            # ASR+ per destination number (the ASR job's output), read whole by every worker
+            TopicSpec(self.asrplus, n, dict(COMPACTED)),
             TopicSpec(self.cdrs, n),
             TopicSpec(self.outbound, n),
             TopicSpec(self.logs, n),
