@@ -29,7 +29,9 @@ from pipeline.wire.records import (
     DeadLetter,
     InvocationReply,
     InvocationRequest,
+    OutboundMessage,
     RouteAssignment,
+    RunLog,
     ScriptDefinition,
     ScriptState,
 )
@@ -157,12 +159,48 @@ DEAD = DeadLetter(
     failed_ms=1_700_000_000_999,
     worker="host-a:1234",
 )
+RUN_LOG = RunLog(
+    call_id="call-0001",
+    request_id="req-1",
+    account="acme",
+    script="dnc-check",
+    version=7,
+    worker="host-a:1234",
+    status="error",
+    reason="script",
+    code=603,
+    message="Denied (DNC)",
+    logs=[{"level": "log", "message": "checking"}, {"level": "warn", "message": "listed"}],
+    logs_truncated=True,
+    logs_total=9,
+    duration_ms=1.25,
+    received_ms=1_700_000_000_010,
+    finished_ms=1_700_000_000_013,
+    source_partition=3,
+    source_offset=17,
+    attempt=2,
+    outbound_count=4,
+)
+OUTBOUND = OutboundMessage(
+    idempotency_key="req-1:2",
+    call_id="call-0001",
+    request_id="req-1",
+    seq=2,
+    account="acme",
+    script="dnc-check",
+    version=7,
+    channel="sms",
+    params_json='{"to":"15550001111","text":"hi"}',
+    queued_ms=1_700_000_000_000,
+)
 SAMPLES: dict[type[Any], Any] = {
     InvocationRequest: REQUEST,
     InvocationReply: REPLY,
     ScriptDefinition: DEFINITION,
     RouteAssignment: ROUTE,
     DeadLetter: DEAD,
+    RunLog: RUN_LOG,
+    OutboundMessage: OUTBOUND,
 }
 _FILES = {
     InvocationRequest: "invocation_request.avsc",
@@ -170,6 +208,8 @@ _FILES = {
     ScriptDefinition: "script_definition.avsc",
     RouteAssignment: "route_assignment.avsc",
     DeadLetter: "dead_letter.avsc",
+    RunLog: "run_log.avsc",
+    OutboundMessage: "outbound_message.avsc",
 }
 
 

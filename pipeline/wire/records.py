@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +27,7 @@ import orjson
 
 from pipeline.errors import MalformedMessageError
 from pipeline.wire.codec import default_catalogue
+from sandbox.limits import MAX_MESSAGE_CHARS
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Invocation, Outcome, Script, ScriptType
 
 NAMESPACE = "scriptforge"
@@ -405,8 +407,191 @@ class DeadLetter(_Record):
         return result
 
 
+#: RunLog.logs keeps at most this many console lines: a run log is written for every request, and the
+#: Outcome may carry 200 lines of 2,000 characters each; the first lines say most about a run
+RUN_LOG_MAX_LINES = 50
+#: ... and at most this many characters of them in all, so one run log stays a few KB
+RUN_LOG_MAX_CHARS = 8_000
+
+
+def _bounded_message(message: str | None) -> str | None:
+    """An error message within MAX_MESSAGE_CHARS, cut as the sandbox cuts a script's (so one it cut
+    already passes unchanged): worker-made messages have no other bound."""
+    if message is None or len(message) <= MAX_MESSAGE_CHARS + 1:
+        return message
+    return message[:MAX_MESSAGE_CHARS] + "…"
+
+
+def _bounded_logs(logs: list[dict[str, str]]) -> tuple[list[dict[str, str]], bool]:
+    """The first console lines within RUN_LOG_MAX_LINES and RUN_LOG_MAX_CHARS, and whether any were
+    dropped or cut. Lines are kept as the Outcome has them (``{"level", "message"}``, not copied)."""
+    # the common case (a few short lines): one pass to measure, nothing built
+    if len(logs) <= RUN_LOG_MAX_LINES and sum(len(line["message"]) for line in logs) <= RUN_LOG_MAX_CHARS:
+        return logs, False
+    kept: list[dict[str, str]] = []
+    budget = RUN_LOG_MAX_CHARS
+    for line in logs[:RUN_LOG_MAX_LINES]:
+        text = line["message"]
+        if len(text) <= budget:
+            kept.append(line)
+            budget -= len(text)
+            continue
+        if budget > 0:  # the line that reaches the budget is cut to fill it, '…' included
+            kept.append({"level": line["level"], "message": text[: budget - 1] + "…"})
+        break
+    return kept, True
+
+
+@_avro
+@dataclass(slots=True)
+class RunLog(_Record):
+    """One run in brief with its first console lines (schemas/run_log.avsc), on scriptforge.logs;
+    Kafka key: ``account/script``. Bounded: see RUN_LOG_MAX_LINES and RUN_LOG_MAX_CHARS."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.RunLog"
+
+    call_id: str
+    account: str
+    script: str
+    worker: str
+    status: str
+    duration_ms: float
+    received_ms: int
+    finished_ms: int
+    source_partition: int
+    source_offset: int
+    request_id: str = ""
+    version: int | None = None
+    reason: str | None = None
+    code: int | None = None
+    message: str | None = None
+    #: ``{"level", "message"}`` dicts, as in Outcome.logs
+    logs: list[dict[str, str]] = field(default_factory=list)
+    logs_truncated: bool = False
+    #: how many lines the Outcome had (``len(logs)`` unless truncated)
+    logs_total: int = 0
+    attempt: int = 0
+    outbound_count: int = 0
+
+    @classmethod
+    def for_run(
+        cls,
+        request: InvocationRequest,
+        outcome: Outcome,
+        *,
+        version: int | None,
+        worker: str,
+        received_ms: int,
+        finished_ms: int,
+        partition: int,
+        offset: int,
+    ) -> Self:
+        """The run log of ``request``'s run, ``outcome``, consumed at ``partition``/``offset``."""
+        logs, truncated = _bounded_logs(outcome.logs)
+        return cls(
+            call_id=request.call_id,
+            request_id=request.request_id,
+            account=request.account,
+            script=request.script,
+            version=version,
+            worker=worker,
+            status=outcome.status,
+            reason=None if outcome.reason is None else str(outcome.reason),
+            code=outcome.code,
+            message=_bounded_message(outcome.message),
+            logs=logs,
+            logs_truncated=truncated,
+            logs_total=len(outcome.logs),
+            duration_ms=outcome.duration_ms,
+            received_ms=received_ms,
+            finished_ms=finished_ms,
+            source_partition=partition,
+            source_offset=offset,
+            attempt=request.attempt,
+            # messages go out only for a successful run (docs/script-api.md, api.send)
+            outbound_count=len(outcome.outbound) if outcome.ok else 0,
+        )
+
+    @property
+    def key(self) -> str:
+        return script_key(self.account, self.script)
+
+
+def idempotency_key(correlation_id: str, seq: int) -> str:
+    """``<call_id>:<seq>`` (the request_id in place of the call_id when a request has one, since then
+    one call makes several invocations): the same in every run of one request, so a sender that
+    delivers each key once delivers a re-run's messages once."""
+    return f"{correlation_id}:{seq}"
+
+
+@_avro
+@dataclass(slots=True)
+class OutboundMessage(_Record):
+    """One message a successful run queued with ``api.send.*`` (schemas/outbound_message.avsc), on
+    scriptforge.outbound; Kafka key: ``idempotency_key``."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.OutboundMessage"
+
+    idempotency_key: str
+    call_id: str
+    seq: int
+    account: str
+    script: str
+    channel: str
+    params_json: str
+    queued_ms: int
+    request_id: str = ""
+    version: int | None = None
+
+    @classmethod
+    def for_outcome(cls, request: InvocationRequest, outcome: Outcome, *, version: int | None) -> list[Self]:
+        """The messages ``outcome`` queued, numbered from 1 in the order the run queued them; none unless
+        the run succeeded."""
+        if not outcome.ok or not outcome.outbound:
+            return []
+        correlation = request.correlation_id
+        return [
+            cls(
+                idempotency_key=idempotency_key(correlation, seq),
+                call_id=request.call_id,
+                request_id=request.request_id,
+                seq=seq,
+                account=request.account,
+                script=request.script,
+                version=version,
+                channel=message["channel"],
+                params_json=_params_text(message.get("params")),
+                queued_ms=request.timestamp_ms,
+            )
+            for seq, message in enumerate(outcome.outbound, start=1)
+        ]
+
+    @property
+    def params(self) -> Any:
+        """The parameters, parsed from ``params_json``."""
+        return _json_value(self.params_json, f"OutboundMessage {self.idempotency_key!r}", "params_json")
+
+
+def _params_text(params: Any) -> str:
+    try:
+        return _json_text(params)
+    except orjson.JSONEncodeError:
+        # an integer past 64 bits, which orjson refuses: the sandbox's parameters hold one only when
+        # its result was parsed by the json module (sandbox.protocol.loads, for text with a lone
+        # surrogate), so the slower encoder runs only then
+        return json.dumps(params, ensure_ascii=False, separators=(",", ":"))
+
+
 #: every record type, by Avro full name
 RECORD_TYPES: dict[str, type[Any]] = {
     cls.SCHEMA: cls
-    for cls in (InvocationRequest, InvocationReply, ScriptDefinition, RouteAssignment, DeadLetter)
+    for cls in (
+        InvocationRequest,
+        InvocationReply,
+        ScriptDefinition,
+        RouteAssignment,
+        DeadLetter,
+        RunLog,
+        OutboundMessage,
+    )
 }
