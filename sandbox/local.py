@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from sandbox import asr
 from sandbox.host import HostCallError
 from sandbox.hostcalls import check_value
 from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS, MAX_KEY_CHARS
@@ -30,20 +31,18 @@ Scope = tuple[str, str]
 
 @dataclass
 class AsrStats:
-    attempts: int = 0
-    answered: int = 0
+    """The calls recorded for one number, in the hour buckets of sandbox/asr.py, so that a look-up
+    sees the same window and status rule as the ASR job's."""
 
-    def view(self) -> dict[str, Any]:
-        if self.attempts == 0:
-            status = "Unknown"
-        elif self.answered == 0 and self.attempts >= 3:
-            status = "Invalid"
-        elif self.answered > 0:
-            status = "Valid"
-        else:
-            status = "Unknown"
-        asr = self.answered / self.attempts if self.attempts else None
-        return {"status": status, "attempts": self.attempts, "answered": self.answered, "asr": asr}
+    buckets: dict[int, asr.Tally] = field(default_factory=dict)
+
+    def record(self, call: asr.Call) -> None:
+        bucket = asr.bucket_of(call.time_ms)
+        self.buckets[bucket] = self.buckets.get(bucket, asr.Tally()).add(call)
+
+    def view(self, now_ms: int) -> dict[str, Any]:
+        """``{"status", "attempts", "answered", "asr", "acd", "last_seen"}`` over the window at ``now_ms``."""
+        return asr.lookup(self.buckets, now_ms)
 
 
 def entry_chars(key: str, value: Any) -> int:
@@ -124,13 +123,25 @@ class LocalHost:
             self.total_chars[scope] = self.total_chars.get(scope, 0) - sizes.pop(key, 0)
         return bool(gone)
 
-    def record_call(self, number: str, answered: bool) -> None:
-        stats = self.asr.setdefault(number, AsrStats())
-        stats.attempts += 1
-        stats.answered += int(answered)
+    def record_call(
+        self,
+        number: str,
+        answered: bool,
+        *,
+        sip_code: int | None = None,
+        duration_s: float = 0.0,
+        time_ms: int | None = None,
+    ) -> None:
+        """Records one call to ``number`` for api.lookup.asrplus (``scriptforge run --cdrs`` feeds its
+        CDRs here). Without ``sip_code``, an answered call counts as 200 and a failed one as 404, which
+        keeps the rule of the calls recorded before codes were (three failed calls: ``Invalid``);
+        without ``time_ms``, the call is recorded now."""
+        code = sip_code if sip_code is not None else (200 if answered else 404)
+        when = time_ms if time_ms is not None else int(time.time() * 1000)
+        self.asr.setdefault(number, AsrStats()).record(asr.Call(when, code, answered, duration_s))
 
     def session(self, script: Script, invocation: Invocation) -> LocalSession:
-        return LocalSession(self, script)
+        return LocalSession(self, script, invocation.now_ms)
 
 
 class LocalSession:
@@ -140,14 +151,16 @@ class LocalSession:
         "_area",
         "_host",
         "_key_delta",
+        "_now_ms",
         "_script_scope",
         "_size_delta",
         "_userspace_writes",
         "_writes",
     )
 
-    def __init__(self, host: LocalHost, script: Script) -> None:
+    def __init__(self, host: LocalHost, script: Script, now_ms: int) -> None:
         self._host = host
+        self._now_ms = now_ms
         self._script_scope: Scope = (script.account, script.name)
         self._area = script.env.get("USERSPACE_AREA", DEFAULT_AREA)
         #: key -> (value or _MISSING, expiry, characters the entry takes)
@@ -198,8 +211,9 @@ class LocalSession:
         return value
 
     async def asrplus(self, number: str) -> dict[str, Any]:
+        # the window ends at the invocation's time (``scriptforge run --now``), as a script's Date does
         stats = self._host.asr.get(number, AsrStats())
-        return {"number": number, **stats.view()}
+        return {"number": number, **stats.view(self._now_ms)}
 
     async def dataset_lookup(self, dataset: str, key: str) -> Any:
         data = self._host.datasets.get(dataset)
