@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.cli.logs import _human_lines
 from pipeline.wire.codec import codec
 from pipeline.wire.records import (
     RUN_LOG_MAX_CHARS,
@@ -202,7 +203,7 @@ def test_run_log_is_json_as_the_logs_command_prints_it() -> None:
 
 
 def test_outbound_records_number_the_messages_in_the_run_order() -> None:
-    sends = [
+    sends: list[dict[str, Any]] = [
         {"channel": "sms", "params": {"to": "15550001111", "text": "blocked"}},
         {"channel": "email", "params": {"to": "ops@example.net"}},
         {"channel": "sip", "params": None},
@@ -281,3 +282,35 @@ def test_measure_reports_microseconds_per_call() -> None:
         for case in ("typical", "failed", "largest")
     }
     assert all(value > 0 for value in figures.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# What ``scriptforge logs`` prints of a run log
+
+
+def test_the_logs_command_shows_a_run_and_its_lines_without_terminal_controls() -> None:
+    logs = [{"level": "warn", "message": "two\nlines \x1b[31mred\x1b[0m \u202egnp.exe"}, *_lines(2)]
+    _, record = _run_log(Outcome.success(None, logs=logs, duration_ms=0.44))
+    printed = _human_lines(record).splitlines()
+    assert printed == [
+        "2023-11-14T22:13:20.005Z  call-42  ok  0.4 ms  v4  two\\nlines \\x1b[31mred\\x1b[0m \\u202egnp.exe",
+        "    warn   two\\nlines \\x1b[31mred\\x1b[0m \\u202egnp.exe",
+        "    log    0000000000",
+        "    log    0000000001",
+    ]
+
+
+def test_the_logs_command_shows_a_failed_run_its_message_cut_and_what_was_not_kept() -> None:
+    outcome = Outcome.failure(Reason.RUNTIME, 500, "E" * 300, logs=_lines(RUN_LOG_MAX_LINES + 5))
+    _, record = _run_log(outcome, _request(attempt=2))
+    printed = _human_lines(record).splitlines()
+    assert (
+        printed[0]
+        == f"2023-11-14T22:13:20.005Z  call-42  error runtime 500  0.0 ms  v4  attempt 2  {'E' * 99}…"
+    )
+    assert len(printed) == 1 + RUN_LOG_MAX_LINES + 1
+    assert printed[-1] == "    [5 more line(s) not kept]"
+    sent = Outcome.success(None, logs=_lines(1, 9000), outbound=[{"channel": "sms", "params": {}}])
+    printed = _human_lines(_run_log(sent)[1]).splitlines()
+    assert "  v4  sent 1  " in printed[0]
+    assert printed[-1] == "    [the last line was cut]"
