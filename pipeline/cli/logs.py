@@ -308,7 +308,7 @@ def _human_lines(run: RunLog) -> str:
     """One line of the run in brief, then its console lines indented below it."""
     moment = datetime.fromtimestamp(run.received_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     status = "ok" if run.status == "ok" else f"{run.status} {run.reason or '-'} {run.code or '-'}"
-    figures = [moment, run.call_id, status, f"{run.duration_ms:.1f} ms"]
+    figures = [moment, _safe(run.call_id), status, f"{run.duration_ms:.1f} ms"]
     figures.append(f"v{run.version}" if run.version is not None else "v-")
     if run.attempt:
         figures.append(f"attempt {run.attempt}")
