@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,50 @@ class AsrStats:
         return asr.lookup(self.buckets, now_ms)
 
 
+@dataclass(frozen=True)
+class ListRow:
+    """One row of a user-space list in CSV: the line it starts on (from 1) and its cells, or, for a
+    row the csv module cannot parse, its ``error``."""
+
+    line: int
+    cells: list[str]
+    error: str = ""
+
+    @property
+    def key(self) -> str:
+        """The first cell without surrounding blanks ('' when there is none)."""
+        return self.cells[0].strip() if self.cells else ""
+
+    @property
+    def value(self) -> str:
+        """The second cell as it is, or the key itself when the row has no second cell."""
+        return self.cells[1] if len(self.cells) > 1 else self.key
+
+
+def list_rows(lines: Iterable[str]) -> Iterator[ListRow]:
+    """The rows of a user-space list in CSV (``key`` or ``key,value``), the one format of the local
+    host and of ``scriptforge userspace load``. A first row whose first cell is ``key`` is a header
+    and is skipped; every other row comes out as it is, blank ones included, for the caller to judge."""
+    reader = csv.reader(lines)
+    first = True
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield ListRow(start, [], str(exc))
+            if reader.line_num < start:  # nothing was consumed: the same error would come forever
+                return
+            first = False
+            continue
+        row = ListRow(start, cells)
+        if not (first and row.key.lower() == "key"):
+            yield row
+        first = False
+
+
 def entry_chars(key: str, value: Any) -> int:
     """What one datastore entry counts against the quota: its key and its value as JSON."""
     return len(key) + len(orjson.dumps(value))
@@ -76,14 +121,12 @@ class LocalHost:
         target = self.userspace_list(account, area)
         count = 0
         with open(path, newline="") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if not row or not row[0].strip():
-                    continue
-                key = row[0].strip()
-                if i == 0 and key.lower() == "key":
-                    continue
-                target[key] = row[1] if len(row) > 1 else key
-                count += 1
+            for row in list_rows(f):
+                if row.error:
+                    raise csv.Error(f"{path}, line {row.line}: {row.error}")
+                if row.key:  # rows without a key are skipped
+                    target[row.key] = row.value
+                    count += 1
         return count
 
     def seed_datastore(self, account: str, script: str, values: dict[str, Any]) -> None:

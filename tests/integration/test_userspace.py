@@ -7,17 +7,21 @@ unique to this module, whose topics are deleted at the end.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from pipeline.cli import main
 from pipeline.errors import BrokerError
 from pipeline.settings import Settings
 from pipeline.state.global_table import GlobalTable
+from pipeline.wire.topics import delete_topics
 from tests.conftest import TopicFactory
 
 pytestmark = pytest.mark.kafka
@@ -227,16 +231,144 @@ def test_a_disk_older_than_the_topics_delete_retention_is_read_again(
 
 
 def _recreate(admin: AdminClient, topic: str) -> None:
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import NewTopic
-
     # deletion completes asynchronously on the broker: creating too soon says the topic exists
     for _ in range(100):
         try:
             admin.create_topics([NewTopic(topic, 1, 1, config=COMPACTED)])[topic].result(timeout=30)
             return
         except KafkaException:
-            import time
-
             time.sleep(0.2)
     raise AssertionError(f"could not create {topic} again")
+
+
+# ---- scriptforge userspace ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_prefix(kafka_bootstrap: str) -> Iterator[str]:
+    """The topic prefix the command's tests share; its topics are deleted at the end."""
+    prefix = f"uscli{uuid.uuid4().hex[:10]}"
+    yield prefix
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    delete_topics(admin, [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)])
+
+
+@pytest.fixture
+def scriptforge(
+    kafka_bootstrap: str, cli_prefix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """``scriptforge("userspace", "get", ...)`` -> (exit status, stdout, stderr), in this process."""
+    monkeypatch.setenv("SCRIPTFORGE_BROKER", kafka_bootstrap)
+    monkeypatch.setenv("SCRIPTFORGE_TOPIC_PREFIX", cli_prefix)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def test_load_reports_the_bad_rows_by_line_and_loads_the_good_ones(
+    scriptforge: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    path = tmp_path / "dnc.csv"
+    path.write_bytes(
+        b"key,value\n"  # 1: header
+        b"15551234567,blocked\n"  # 2
+        b",no key\n"  # 3
+        b"15550000001,a,b\n"  # 4: three columns
+        b"15550000002\n"  # 5: the key is its own value
+        b"\n"  # 6: blank, skipped
+        b"1555\xff\xfe0003,x\n" + b"9" * 257 + b",too long\n"  # 7: not UTF-8  # 8
+        b"1555\x000004,x\n"  # 9: NUL
+        b'"1555\n0005",two lines\n'  # 10-11: a quoted key over two lines is a key like any other
+        b"15550000006,after\n"  # 12
+    )
+    status, out, _ = scriptforge("userspace", "load", "DNC", str(path), "--account", "acme")
+    assert status == 0
+    summary = json.loads(out)
+    assert summary["loaded"] == 4 and summary["rejected_count"] == 5
+    assert [r["line"] for r in summary["rejected"]] == [3, 4, 7, 8, 9]
+    reasons = " | ".join(r["reason"] for r in summary["rejected"])
+    for words in ("empty key", "3 columns", "not UTF-8", "over the limit of 256", "NUL"):
+        assert words in reasons
+    assert (summary["area"], summary["account"]) == ("DNC", "acme") and summary["seconds"] >= 0
+    status, out, _ = scriptforge("userspace", "list", "DNC", "--account", "acme")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"key": "1555\n0005", "value": "two lines"},
+        {"key": "15550000002", "value": "15550000002"},
+        {"key": "15550000006", "value": "after"},
+        {"key": "15551234567", "value": "blocked"},
+    ]
+    # another account's list of the same name is another list
+    assert scriptforge("userspace", "list", "DNC")[1] == ""
+
+
+def test_load_caps_the_rejected_rows_it_lists(
+    scriptforge: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("".join(f",{i}\n" for i in range(250)) + "good\n")
+    summary = json.loads(scriptforge("userspace", "load", "CAP", str(path))[1])
+    assert summary["loaded"] == 1 and summary["rejected_count"] == 250 and len(summary["rejected"]) == 100
+
+
+def test_add_remove_get_list_export_round_trip(
+    scriptforge: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    assert scriptforge("userspace", "add", "WL", "15550001111")[0] == 0
+    assert scriptforge("userspace", "add", "WL", "15550002222", "vip")[0] == 0
+    assert scriptforge("userspace", "add", "WL", "15550003333", '{"tier": 2}', "--json")[0] == 0
+    assert scriptforge("userspace", "add", "WL", "15550004444", "gone")[0] == 0
+    assert scriptforge("userspace", "remove", "WL", "15550004444")[0] == 0
+    assert scriptforge("userspace", "get", "WL", "15550002222")[:2] == (0, '"vip"\n')
+    assert scriptforge("userspace", "get", "WL", "15550003333")[:2] == (0, '{"tier":2}\n')
+    status, out, err = scriptforge("userspace", "get", "WL", "15550004444")
+    assert (status, out) == (1, "") and "no key '15550004444' in list 'WL'" in err
+    status, out, err = scriptforge("userspace", "list", "WL", "--limit", "2")
+    assert [json.loads(line)["key"] for line in out.splitlines()] == ["15550001111", "15550002222"]
+    assert "--limit 2 reached" in err
+    exported = tmp_path / "wl.csv"
+    assert scriptforge("userspace", "export", "WL", str(exported))[0] == 0
+    assert exported.read_text() == (
+        'key,value\n15550001111,15550001111\n15550002222,vip\n15550003333,"{""tier"":2}"\n'
+    )
+    # what export wrote, load takes again, into another list
+    summary = json.loads(scriptforge("userspace", "load", "WL2", str(exported))[1])
+    assert summary["loaded"] == 3 and summary["rejected"] == []
+    assert scriptforge("userspace", "get", "WL2", "15550002222")[1] == '"vip"\n'
+    # export to stdout writes the same CSV
+    assert scriptforge("userspace", "export", "WL")[1] == exported.read_text()
+
+
+def test_load_changed_only_produces_only_what_changed(
+    scriptforge: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    path = tmp_path / "l.csv"
+    path.write_text("a,1\nb,2\nc,3\n")
+    assert json.loads(scriptforge("userspace", "load", "CH", str(path), "--changed-only")[1])["loaded"] == 3
+    path.write_text("a,1\nb,two\nc,3\nd,4\n")
+    summary = json.loads(scriptforge("userspace", "load", "CH", str(path), "--changed-only")[1])
+    assert (summary["loaded"], summary["unchanged"]) == (2, 2)
+    assert scriptforge("userspace", "get", "CH", "b")[1] == '"two"\n'
+
+
+def test_a_file_that_cannot_be_read_is_a_one_line_usage_error(
+    scriptforge: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.csv"
+    status, out, err = scriptforge("userspace", "load", "DNC", str(missing))
+    assert (status, out) == (2, "")
+    assert err.strip().splitlines() == [
+        f"scriptforge: error: cannot read {missing}: No such file or directory"
+    ]
+    status, _, err = scriptforge("userspace", "load", "DNC", str(tmp_path))
+    assert status == 2 and f"cannot read {tmp_path}" in err
+
+
+def test_bad_names_are_usage_errors(scriptforge: Callable[..., tuple[int, str, str]]) -> None:
+    assert scriptforge("userspace", "add", "DNC", "k", "--account", "a/b")[0] == 2
+    assert scriptforge("userspace", "add", "X" * 257, "k")[0] == 2
+    assert scriptforge("userspace", "add", "DNC", " ")[0] == 2
+    assert scriptforge("userspace", "list", "DNC", "--limit", "-1")[0] == 2
+    assert scriptforge("userspace")[0] == 2
