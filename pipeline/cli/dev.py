@@ -1,7 +1,8 @@
 """``scriptforge dev``: the whole system on one machine, in the foreground.
 
 Starts the local Kafka broker unless one already serves at SCRIPTFORGE_BROKER, creates the topics,
-deploys the example scripts (a new version only when a file changed), and runs a worker until Ctrl-C.
+deploys the example scripts (a new version only when a file changed), loads ``examples/dnc.csv`` into
+the user-space list DNC (only rows that changed), and runs a worker until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.broker.local import LocalBroker
+from pipeline.cli.userspace import load_list
 from pipeline.cli.worker import run_worker
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
@@ -42,6 +44,10 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     deployed = deploy_examples(settings, Path(args.examples), args.account)
     for name, version in deployed:
         print(f"script {name} v{version} deployed", flush=True)
+    dnc = Path(args.examples) / "dnc.csv"
+    if dnc.is_file():  # the list dnc_block reads; rows already there are not produced again
+        loaded = load_list(settings, args.account, "DNC", dnc, changed_only=True)
+        print(f"user-space list DNC: {loaded.loaded} rows loaded, {loaded.unchanged} unchanged", flush=True)
     if deployed:
         first = deployed[0][0]
         print(
