@@ -1,4 +1,5 @@
-"""``scriptforge bench sandbox|pipeline|rebalance``: benchmarks printing figures and ratios as JSON."""
+"""``scriptforge bench sandbox|pipeline|rebalance|userspace``: benchmarks printing figures and ratios
+as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    p.add_argument("target", choices=["sandbox", "pipeline", "rebalance"], help="what to measure")
+    targets = ["sandbox", "pipeline", "rebalance", "userspace"]
+    p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
     sandbox = p.add_argument_group("sandbox")
@@ -51,6 +53,9 @@ def register(subparsers: Any) -> None:
     rebalance.add_argument(
         "--rebalance-rounds", type=int, default=3, help="rounds of the three series (about 26 s each)"
     )
+    userspace = p.add_argument_group("userspace")
+    userspace.add_argument("--rows", type=int, default=1_000_000, help="rows of each list load")
+    userspace.add_argument("--adds", type=int, default=200, help="adds timed until visible in a table")
     p.set_defaults(handler=handle)
 
 
@@ -67,6 +72,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
         report = rebalance_bench.bench(settings.broker, args.rebalance_rounds, args.callback_ms)
         print(rebalance_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    if args.target == "userspace":
+        from pipeline.bench import userspace as userspace_bench
+
+        report = userspace_bench.bench(settings.broker, args.rows, args.adds)
+        print(userspace_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
     from pipeline.bench.pipeline import run_pipeline_bench

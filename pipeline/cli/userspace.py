@@ -235,7 +235,7 @@ def _blank(row: ListRow) -> bool:
 class ListWriter:
     """Produces list entries to the userspace topic: batching, idempotent (a retried batch is never
     written twice, nor out of order). ``close`` waits for every record and raises DeliveryError for the
-    first that failed."""
+    first that failed (``flush`` waits likewise, for the records so far)."""
 
     def __init__(self, settings: Settings) -> None:
         self.topic = Topics(settings).userspace
@@ -277,6 +277,10 @@ class ListWriter:
             self._failure = error
 
     def close(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Sends what waits for its batch now and waits until everything is delivered."""
         left = self._producer.flush(FLUSH_TIMEOUT_S)
         if self._failure is not None:
             failure = self._failure
