@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.asr.local import record_cdrs
 from pipeline.cli.args import pair, parse_now, parse_vars, read_source, script_limits
 from pipeline.errors import UsageError
 from pipeline.settings import Settings
@@ -40,6 +41,12 @@ def register(subparsers: Any) -> None:
         help="seed the script's datastore from a JSON object of key -> value; the printed Outcome then "
         "has a 'datastore' field with what the run changed ({} to start empty)",
     )
+    p.add_argument(
+        "--cdrs",
+        metavar="FILE.csv",
+        help="call detail records for api.lookup.asrplus, in the CSV of 'scriptforge cdr load' (rejected "
+        "rows are listed on stderr); the ASR+ window ends at --now",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -66,6 +73,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             host.load_csv(area, path, account=script.account)
         except OSError as exc:
             raise UsageError(f"--userspace {item}: cannot read {path}: {exc.strerror}") from None
+    if args.cdrs is not None:
+        record_cdrs(host, args.cdrs)
     seeded = None if args.datastore is None else _seed(host, script, args.datastore)
     outcome = asyncio.run(_run_once(host, script, invocation))
     shown = outcome.to_json()
