@@ -202,8 +202,8 @@ def test_load_report_caps_the_rejected_list_but_counts_all() -> None:
     for line in range(MAX_REJECTED_SHOWN + 20, 1, -1):
         report.reject(Rejected(line, "bad"))
     summary = report.to_json()
-    assert list(summary) == ["loaded", "rejected", "rejected_total", "seconds"]
-    assert (summary["loaded"], summary["rejected_total"], summary["seconds"]) == (
+    assert list(summary) == ["loaded", "rejected", "rejected_count", "seconds"]
+    assert (summary["loaded"], summary["rejected_count"], summary["seconds"]) == (
         5,
         MAX_REJECTED_SHOWN + 19,
         1.235,

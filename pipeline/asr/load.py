@@ -35,22 +35,22 @@ FLUSH_TIMEOUT_S = 30.0
 class LoadReport:
     loaded: int = 0
     rejected: list[Rejected] = field(default_factory=list)
-    rejected_total: int = 0
+    rejected_count: int = 0
     seconds: float = 0.0
 
     def reject(self, row: Rejected) -> None:
-        self.rejected_total += 1
+        self.rejected_count += 1
         if len(self.rejected) < MAX_REJECTED_SHOWN:
             self.rejected.append(row)
 
     def to_json(self) -> dict[str, Any]:
         """``{"loaded", "rejected": [{"line", "reason"}] (the first MAX_REJECTED_SHOWN by line),
-        "rejected_total", "seconds"}``."""
+        "rejected_count", "seconds"}``."""
         shown = sorted(self.rejected, key=lambda r: r.line)
         return {
             "loaded": self.loaded,
             "rejected": [{"line": r.line, "reason": r.reason} for r in shown],
-            "rejected_total": self.rejected_total,
+            "rejected_count": self.rejected_count,
             "seconds": round(self.seconds, 3),
         }
 
