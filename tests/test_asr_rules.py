@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.asr import aggregate
 from pipeline.asr import figures as asrplus
+from pipeline.asr.cdr import Cdr
 from pipeline.errors import MalformedMessageError
 from pipeline.state.asr import AsrView
 from sandbox import asr
@@ -239,3 +241,105 @@ async def test_local_host_record_call_without_code_keeps_the_old_rule() -> None:
         host.record_call("1555", False)
     view = await host.session(Script(name="s", source=""), Invocation(vars={})).asrplus("1555")
     assert view["status"] == "Invalid"
+
+
+# ---- the job's aggregation of one CDR ------------------------------------------------------------
+class DictBuckets:
+    """aggregate.Buckets in a dict, counting the writes."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, int], aggregate.Bucket] = {}
+        self.writes = 0
+
+    def get(self, number: str, bucket: int) -> aggregate.Bucket | None:
+        return self.data.get((number, bucket))
+
+    def put(self, number: str, bucket: int, value: aggregate.Bucket) -> None:
+        self.data[number, bucket] = value
+        self.writes += 1
+
+
+def cdr(number: str = "1555", t: int = T0, code: int = 404, duration: float = 0.0) -> Cdr:
+    return Cdr(
+        time_ms=t, dest_number=number, sip_code=code, answered=asr.is_answered(code), duration_s=duration
+    )
+
+
+def test_apply_counts_each_cdr_in_its_hour_bucket() -> None:
+    buckets = DictBuckets()
+    statuses = []
+    for offset in range(3):
+        applied, figures = aggregate.apply(buckets, cdr(t=T0 + offset), offset, now_ms=T0 + 10)
+        assert applied is aggregate.Applied.APPLIED and figures is not None
+        statuses.append(figures["status"])
+    assert statuses == ["Unknown", "Unknown", "Invalid"]
+    assert list(buckets.data) == [("1555", asr.bucket_of(T0))]
+    _, figures = aggregate.apply(buckets, cdr(t=T0 - 5 * HOUR, code=200, duration=20.0), 3, now_ms=T0 + 10)
+    assert figures == {
+        "status": "Valid",
+        "attempts": 4,
+        "answered": 1,
+        "asr": 0.25,
+        "acd": 20.0,
+        "last_seen": T0 + 2,
+    }
+    assert len(buckets.data) == 2
+
+
+def test_apply_counts_a_replayed_cdr_once_and_writes_its_bucket_again() -> None:
+    buckets = DictBuckets()
+    for offset in range(3):
+        aggregate.apply(buckets, cdr(t=T0 + offset), offset, now_ms=T0)
+    writes = buckets.writes
+    # a crash before the commit: Faust delivers offsets 1 and 2 again, then a new one
+    for offset in (1, 2):
+        applied, figures = aggregate.apply(buckets, cdr(t=T0 + offset), offset, now_ms=T0)
+        assert applied is aggregate.Applied.DUPLICATE
+        assert figures is not None and figures["attempts"] == 3
+    # rewritten unchanged: the changelog record the crash may have lost is sent again
+    assert buckets.writes == writes + 2
+    assert buckets.get("1555", asr.bucket_of(T0)) == aggregate.Bucket(
+        tally(call(T0), call(T0 + 1), call(T0 + 2)), 2
+    )
+    applied, figures = aggregate.apply(buckets, cdr(t=T0 + 3), 3, now_ms=T0)
+    assert applied is aggregate.Applied.APPLIED and figures is not None and figures["attempts"] == 4
+
+
+def test_apply_fences_offsets_per_bucket() -> None:
+    buckets = DictBuckets()
+    aggregate.apply(buckets, cdr(t=T0), 10, now_ms=T0)
+    # a CDR of an earlier hour at a later offset is new, though its bucket is another
+    applied, figures = aggregate.apply(buckets, cdr(t=T0 - HOUR), 11, now_ms=T0)
+    assert applied is aggregate.Applied.APPLIED and figures is not None and figures["attempts"] == 2
+
+
+def test_apply_skips_a_cdr_whose_hour_left_the_window() -> None:
+    buckets = DictBuckets()
+    applied, figures = aggregate.apply(buckets, cdr(t=T0 - 24 * HOUR), 0, now_ms=T0)
+    assert (applied, figures, buckets.writes) == (aggregate.Applied.LATE, None, 0)
+    applied, _ = aggregate.apply(buckets, cdr(t=T0 - 23 * HOUR), 1, now_ms=T0 + HOUR - 1)
+    assert applied is aggregate.Applied.APPLIED
+
+
+def test_apply_ends_the_window_at_a_cdr_ahead_of_the_clock() -> None:
+    buckets = DictBuckets()
+    aggregate.apply(buckets, cdr(t=T0 - 30 * 60_000), 0, now_ms=T0)
+    # the caller's clock is two minutes ahead of ours and in the next hour: both calls count
+    _, figures = aggregate.apply(buckets, cdr(t=T0 + HOUR + 60_000), 1, now_ms=T0 + HOUR - 60_000)
+    assert figures is not None and figures["attempts"] == 2
+
+
+def test_window_figures_follow_the_clock() -> None:
+    buckets = DictBuckets()
+    aggregate.apply(buckets, cdr(t=T0), 0, now_ms=T0)
+    aggregate.apply(buckets, cdr(t=T0 + 2 * HOUR, code=200, duration=5.0), 1, now_ms=T0 + 2 * HOUR)
+    assert aggregate.window_figures(buckets, "1555", T0 + 3 * HOUR)["attempts"] == 2
+    # the hour of T0 has left the window (what the job publishes when Faust closes that bucket)
+    later = aggregate.window_figures(buckets, "1555", T0 + 24 * HOUR)
+    assert (later["attempts"], later["status"], later["last_seen"]) == (1, "Valid", T0 + 2 * HOUR)
+    assert aggregate.window_figures(buckets, "1666", T0) == asr.unseen()
+
+
+def test_bucket_json_round_trip() -> None:
+    bucket = aggregate.Bucket(tally(call(T0, 200, 1.5), call(T0 + 1)), 42)
+    assert aggregate.Bucket.from_json(bucket.to_json()) == bucket
