@@ -11,8 +11,9 @@ misspelt optional column would otherwise be dropped without a word). Each later 
   unanswered call has no duration and a row that says both is refused rather than guessed.
 - ``account`` (empty when absent) and ``cli`` (null when absent or empty).
 
-A row that breaks a rule is rejected with its line and the reason, and the others load. A file that
-cannot be read at all, is not UTF-8, or whose header is wrong is a UsageError naming the file.
+A row that breaks a rule (a cell that is not UTF-8 or holds a control character included) is rejected
+with its line and the reason, and the others load. A file that cannot be read, or whose header is
+wrong, is a UsageError naming the file, before any row is produced.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +31,9 @@ from pipeline.asr.cdr import Cdr
 from pipeline.errors import UsageError
 from sandbox.asr import is_answered
 
+#: what bytes that are not UTF-8 decode to (surrogateescape)
+_SURROGATES = re.compile("[\udc80-\udcff]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f]")
 REQUIRED = ("time", "dest_number", "sip_code", "duration_s")
 OPTIONAL = ("account", "cli")
 #: epoch seconds above this are far more likely epoch milliseconds (this is the year 5138)
@@ -52,16 +57,12 @@ def read_cdrs(path: str | Path) -> Iterator[tuple[int, Cdr | Rejected]]:
 
 
 def _read_text(path: str | Path) -> str:
-    # read whole and decoded first, so that a file that is not text fails before any row is produced
+    # bytes that are not UTF-8 become lone surrogates, so that their rows, and only theirs, are
+    # rejected (parse_row), as userspace load rejects them
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UsageError(f"{path}: not UTF-8 text (line {line})") from None
 
 
 def _header(path: str | Path, reader: Iterator[list[str]]) -> dict[str, int]:
@@ -111,6 +112,12 @@ def parse_row(row: list[str], columns: dict[str, int], line: int) -> Cdr | Rejec
     """The CDR a row holds, or why it is rejected."""
     if len(row) != len(columns):
         return Rejected(line, f"{len(row)} fields, the header names {len(columns)}")
+    names = {i: name for name, i in columns.items()}
+    for i, value in enumerate(row):
+        if _SURROGATES.search(value):
+            return Rejected(line, f"{names[i]} is not UTF-8")
+        if _CONTROLS.search(value):
+            return Rejected(line, f"{names[i]} {value!r} holds a control character")
 
     def cell(name: str) -> str:
         i = columns.get(name)
