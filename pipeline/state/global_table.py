@@ -303,6 +303,7 @@ class GlobalTable:
             self._clear()
         self._meta.put(_TOPIC_ID, topic_id.encode())
         self._assign(partitions)
+        self._refresh_at = time.monotonic() + REFRESH_S
 
     def _describe(self) -> tuple[str, list[int]]:
         future = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=REQUEST_TIMEOUT_S)
@@ -371,11 +372,11 @@ class GlobalTable:
         starts = [TopicPartition(self.topic, p, self._positions.get(p, OFFSET_BEGINNING)) for p in new]
         self._consumer.incremental_assign(starts)
         self._assigned.update(new)
-        self._refresh_at = time.monotonic() + REFRESH_S
 
     def _step(self) -> None:
         if self._refresh_now.is_set() or time.monotonic() > self._refresh_at:
             self._refresh_now.clear()
+            self._refresh_at = time.monotonic() + REFRESH_S
             self._assign(self._partitions())
         first = self._consumer.poll(POLL_S)
         if first is None:
@@ -409,7 +410,8 @@ class GlobalTable:
         moved = {p: o for p, o in advanced.items() if o > self._positions.get(p, 0)}
         for p, offset in moved.items():
             batch.put(_OFFSET + str(p).encode(), str(offset).encode(), self._meta_cf)
-        self._db.write(batch)
+        if not batch.is_empty():
+            self._db.write(batch)
         self._positions.update(moved)
         self._applied += records
         self._note_caught_up()
