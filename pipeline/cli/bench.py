@@ -1,5 +1,5 @@
-"""``scriptforge bench sandbox|pipeline|rebalance|userspace``: benchmarks printing figures and ratios
-as JSON."""
+"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr``: benchmarks printing figures and
+ratios as JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    targets = ["sandbox", "pipeline", "rebalance", "userspace"]
+    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr"]
     p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     userspace = p.add_argument_group("userspace")
     userspace.add_argument("--rows", type=int, default=1_000_000, help="rows of each list load")
     userspace.add_argument("--adds", type=int, default=200, help="adds timed until visible in a table")
+    asr = p.add_argument_group("asr")
+    asr.add_argument("--cdrs", type=int, default=20_000, help="CDRs the ASR job aggregates, timed")
+    asr.add_argument("--probes", type=int, default=200, help="CDRs timed until their status is visible")
     p.set_defaults(handler=handle)
 
 
@@ -79,6 +82,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
         report = userspace_bench.bench(settings.broker, args.rows, args.adds)
         print(userspace_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    if args.target == "asr":
+        from pipeline.bench import asr as asr_bench
+
+        report = asr_bench.bench(settings.broker, args.cdrs, args.probes)
+        print(asr_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
     from pipeline.bench.pipeline import run_pipeline_bench
