@@ -343,3 +343,18 @@ def test_window_figures_follow_the_clock() -> None:
 def test_bucket_json_round_trip() -> None:
     bucket = aggregate.Bucket(tally(call(T0, 200, 1.5), call(T0 + 1)), 42)
     assert aggregate.Bucket.from_json(bucket.to_json()) == bucket
+
+
+def test_after_close_publishes_the_window_without_the_closed_bucket() -> None:
+    buckets = DictBuckets()
+    aggregate.apply(buckets, cdr(t=T0, code=200, duration=8.0), 0, now_ms=T0)
+    aggregate.apply(buckets, cdr(t=T0 + 5 * HOUR), 1, now_ms=T0 + 5 * HOUR)
+    closed = buckets.data.pop(("1555", asr.bucket_of(T0)))  # what Faust does before the callback
+    figures = aggregate.after_close(buckets, "1555", closed, T0 + 24 * HOUR)
+    assert (figures["status"], figures["attempts"], figures["last_seen"]) == ("Unknown", 1, T0 + 5 * HOUR)
+    # the last bucket closes: the window is empty, but the number was seen
+    last = buckets.data.pop(("1555", asr.bucket_of(T0 + 5 * HOUR)))
+    assert aggregate.after_close(buckets, "1555", last, T0 + 29 * HOUR) == {
+        **asr.unseen(),
+        "last_seen": T0 + 5 * HOUR,
+    }

@@ -77,3 +77,13 @@ def window_figures(buckets: Buckets, number: str, now_ms: int) -> dict[str, Any]
         if value is not None:
             tallies[bucket] = value.tally
     return asr.window_tally(tallies, now_ms).figures()
+
+
+def after_close(buckets: Buckets, number: str, closed: Bucket, now_ms: int) -> dict[str, Any]:
+    """The figures of ``number`` once its bucket ``closed`` has left the window (and the table): those
+    of the window at ``now_ms``; with no call left in it, ``last_seen`` still says when the number was
+    last seen, as the worker's view (sandbox.asr.expire) says before the publication arrives."""
+    figures = window_figures(buckets, number, now_ms)
+    if figures["last_seen"] is None:
+        figures["last_seen"] = closed.tally.last_seen_ms
+    return figures

@@ -187,9 +187,17 @@ class AsrJob:
         self.asrplus.send_soon(key=number.encode(), value=asrplus.encode(figures))
 
     async def _on_window_close(self, key: Any, value: Any) -> None:
+        """Faust closed the bucket ``key`` (number, window range), whose ``value`` it has removed:
+        publishes the number's figures without it. Faust tracks only the buckets this process wrote:
+        one restored from the changelog never closes (docs/state.md), and the view expires it."""
         number = key[0]
         self.counts["closed"] += 1
-        self._publish(number, aggregate.window_figures(self._store, number, _now_ms()))
+        try:
+            closed = aggregate.Bucket.from_json(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("asr: bucket %r closed with a value that is not a bucket (%r): %s", key, value, exc)
+            return
+        self._publish(number, aggregate.after_close(self._store, number, closed, _now_ms()))
 
     async def _report(self) -> None:
         if self.counts:
