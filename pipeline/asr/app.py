@@ -142,6 +142,7 @@ class AsrJob:
         # not app.Table(window=...) nor table.tumbling(): both replace the changelog topic given above
         self.table.window = TumblingWindow(BUCKET_S, expires=EXPIRES_S)
         self.buckets = WindowWrapper(self.table)
+        self.table.on_recover(self._on_recovered)
         self.counts: Counter[str] = Counter()
         self._store = _TableBuckets(self.table, self.buckets)
         self.app.agent(self.cdrs, name="asr-aggregate", concurrency=1)(self._aggregate)
@@ -198,6 +199,22 @@ class AsrJob:
             log.error("asr: bucket %r closed with a value that is not a bucket (%r): %s", key, value, exc)
             return
         self._publish(number, aggregate.after_close(self._store, number, closed, _now_ms()))
+
+    async def _on_recovered(self) -> None:
+        """Registers every bucket the table holds for closing. Faust registers a bucket when this
+        process writes it, never when it finds it on disk or restores it from the changelog: without
+        this, a job restarted would neither close those buckets (publishing their numbers' figures
+        again) nor ever remove them from its disk. Uses Faust's private per-partition databases and
+        registration (faust-streaming 0.15.3); registering a bucket twice is harmless."""
+        table: Any = self.table
+        store: Any = table.data
+        count = 0
+        for partition, db in list(store._dbs.items()):
+            for raw in store._visible_keys(db):
+                number, (start, end) = store._decode_key(raw)
+                table._maybe_set_key_ttl((number, (start, end)), partition)
+                count += 1
+        log.info("asr: %d buckets on disk registered for closing", count)
 
     async def _report(self) -> None:
         if self.counts:
