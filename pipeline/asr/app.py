@@ -22,6 +22,8 @@ What the configuration works around (measured with faust-streaming 0.15.3, docs/
   the table: the window is set on the table, and the table wrapped, without them.
 - Faust's RocksDB store opens one database per partition, each with a 2 GiB block cache and three
   64 MiB memtables: ``ROCKSDB_OPTIONS`` sizes them for a shared 2-core machine.
+- A windowed key is registered for closing only when this process writes it: the buckets found on
+  disk or restored from the changelog are registered after each recovery (``_on_recovered``).
 """
 
 from __future__ import annotations
@@ -188,11 +190,13 @@ class AsrJob:
         self.asrplus.send_soon(key=number.encode(), value=asrplus.encode(figures))
 
     async def _on_window_close(self, key: Any, value: Any) -> None:
-        """Faust closed the bucket ``key`` (number, window range), whose ``value`` it has removed:
-        publishes the number's figures without it. Faust tracks only the buckets this process wrote:
-        one restored from the changelog never closes (docs/state.md), and the view expires it."""
+        """Faust closed the bucket ``key`` (number, window range), whose ``value`` it has removed from
+        this process's disk (not from the changelog, whose retention deletes it): publishes the
+        number's figures without it."""
         number = key[0]
         self.counts["closed"] += 1
+        if value is None:  # removed already (a bucket registered twice)
+            return
         try:
             closed = aggregate.Bucket.from_json(value)
         except (KeyError, TypeError, ValueError) as exc:
@@ -228,8 +232,8 @@ class AsrJob:
         create_topics(admin, topic_specs(self.settings))
 
     def run(self, log_level: str = "warning") -> int:
-        """Creates the topics, then runs the app in a Faust worker until SIGINT or SIGTERM; the exit
-        status (non-zero when the agent crashed)."""
+        """Creates the topics, then runs the app in a Faust worker until SIGINT or SIGTERM, and returns
+        the worker's exit status. A CDR that fails ends the process instead (EXIT_FAILED)."""
         self.create_topics()
         worker = _Worker(self.app, self.settings, loglevel=log_level, redirect_stdouts=False)
         try:
