@@ -249,6 +249,10 @@ class _Worker(faust.Worker):
     def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._settings = settings
+        # no progress spinner: below INFO it sets the root logger to DEBUG so as to spin on every
+        # record (every library's debug lines then built and handled), and it writes terminal codes
+        # to a pipe
+        self.spinner = None
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
