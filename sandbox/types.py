@@ -86,6 +86,9 @@ class Invocation:
     deadline_ms: int | None = None
     #: the variables already as JSON text (from a Kafka message): passed through without re-encoding
     vars_json: bytes | None = None
+    #: what the host needs to make the run's session (the worker's: the request's partition state);
+    #: never read by the sandbox, never sent to a sandbox process
+    host_context: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
