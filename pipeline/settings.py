@@ -73,6 +73,19 @@ class Settings:
         "largest dead-letter record (the dlq topic is created to take it): a record whose dead letter "
         "would be larger is dead-lettered as a reference (where it is, its size, its first bytes)",
     )
+    processing_guarantee: str = _env_field(  # type: ignore[assignment]
+        "exactly_once",
+        "SCRIPTFORGE_PROCESSING_GUARANTEE",
+        "exactly_once: a run's datastore writes, reply, outbound messages, run log and input offset "
+        "commit in one Kafka transaction, and a run is never applied twice; at_least_once: no "
+        "transactions, and a request re-run after a crash applies its effects again (docs/state.md)",
+    )
+    commit_interval_ms: int = _env_field(  # type: ignore[assignment]
+        100,
+        "SCRIPTFORGE_COMMIT_INTERVAL_MS",
+        "how often a worker commits (its transaction in exactly_once, its offsets in at_least_once); "
+        "replies go out at once either way",
+    )
     event_loop: str = _env_field(  # type: ignore[assignment]
         "uvloop",
         "SCRIPTFORGE_EVENT_LOOP",

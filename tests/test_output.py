@@ -17,7 +17,7 @@ class _FullThenFree:
         self.offers = 0
         self.queued: list[bytes] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any, partition: int = -1) -> None:
         self.offers += 1
         if self.offers <= self.full:
             raise BufferError("Local: Queue full")

@@ -41,6 +41,9 @@ class FakeConsumer:
     def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         return partitions  # the fetcher wake-up: nothing to wake here
 
+    def consumer_group_metadata(self) -> Any:
+        return None
+
 
 def _parts(*numbers: int) -> list[TopicPartition]:
     return [TopicPartition(TOPIC, n) for n in numbers]
@@ -54,6 +57,7 @@ def _worker(gate: threading.Event) -> Worker:
         return {}
 
     worker.recovery.plan = plan  # type: ignore[method-assign]
+    worker._restore = lambda tps: {}  # type: ignore[method-assign]  (no stores: no broker here)
     return worker
 
 

@@ -5,9 +5,11 @@ Each client instance owns a reply topic (one partition, created on start, delete
 lone request goes out at once and a burst goes out batched (pipeline/kafka/producers.py), and the reply
 consumer's fetch wait is 10 ms: the latency of a call is what matters.
 
-Replies are at-least-once (a worker killed after replying re-runs the request): the first reply per call
-id wins, later ones are counted in ``duplicates``. Requests also carry the call id and the reply topic as
-Kafka headers, so a worker can answer a request whose body it cannot decode.
+Replies are read as soon as a worker produces them, before its transaction commits: a worker killed
+after replying runs the request again, and its runs are deterministic, so a second reply brings the same
+decision (docs/state.md). The first reply per call id wins, later ones are counted in ``duplicates``.
+Requests also carry the call id and the reply topic as Kafka headers, so a worker can answer a request
+whose body it cannot decode.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class InvocationClient:
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
                 "fetch.min.bytes": 1,
+                # a worker's replies are in its transaction (exactly-once mode), committed every
+                # SCRIPTFORGE_COMMIT_INTERVAL_MS: read committed, every reply would wait for that.
+                # One of an aborted transaction is the decision the re-run reaches too (docs/state.md)
+                "isolation.level": "read_uncommitted",
             }
         )
 

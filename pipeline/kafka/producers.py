@@ -36,7 +36,7 @@ class SplitProducer:
     def __len__(self) -> int:
         return len(self.prompt) + len(self.batching)
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None, **kwargs: Any) -> None:
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, **kwargs: Any) -> None:
         """Raises BufferError, as Producer.produce does, when the chosen producer's queue is full."""
         producer = self.prompt if len(self) < PROMPT_BELOW else self.batching
         producer.produce(topic, value, key, **kwargs)

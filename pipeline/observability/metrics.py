@@ -51,7 +51,9 @@ _lag_partitions: set[str] = set()
 def record_consumer_lag(stats_json: str, topic: str) -> None:
     """Set CONSUMER_LAG from librdkafka's statistics (the consumer's ``stats_cb``): per partition of
     ``topic`` this consumer is assigned, the end offset minus the committed offset, so it counts
-    requests taken and not yet answered as well as those not yet read."""
+    requests taken and not yet answered as well as those not yet read. In exactly-once mode the
+    offsets are committed by the worker's transactions, which librdkafka's consumer never learns of:
+    there the lag is the end (last stable) offset minus the position, the requests not yet read."""
     try:
         stats = json.loads(stats_json)
         partitions = stats["topics"][topic]["partitions"]
@@ -60,6 +62,10 @@ def record_consumer_lag(stats_json: str, topic: str) -> None:
     seen = set()
     for number, partition in partitions.items():
         lag = partition.get("consumer_lag", -1)
+        if isinstance(lag, int) and lag < 0:
+            end, position = partition.get("ls_offset", -1), partition.get("app_offset", -1)
+            if isinstance(end, int) and isinstance(position, int) and end >= 0 and position >= 0:
+                lag = max(end - position, 0)
         if number == "-1" or not isinstance(lag, int) or lag < 0:
             continue  # the internal unassigned partition, or one not consumed here
         CONSUMER_LAG.labels(number).set(lag)

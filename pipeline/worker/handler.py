@@ -32,6 +32,9 @@ from pipeline.errors import BrokerError, CodecError, DeliveryError
 from pipeline.observability import metrics
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
+from pipeline.state import datastore as ds
+from pipeline.state.host import Effects, RunContext
+from pipeline.state.store import PartitionStore
 from pipeline.wire.codec import codec, where
 from pipeline.wire.records import (
     DeadLetter,
@@ -41,7 +44,9 @@ from pipeline.wire.records import (
     ScriptState,
 )
 from pipeline.wire.topics import Topics
+from pipeline.worker.effects import outbound_records, run_log_record
 from pipeline.worker.lanes import TP
+from pipeline.worker.transactions import Transactions
 from sandbox.pool import SandboxPool
 from sandbox.types import Invocation, Outcome, Reason, Script
 
@@ -68,10 +73,22 @@ def now_ms() -> int:
 class Incoming:
     """One message of the invocations topic, as the handler, recovery and the lanes see it."""
 
-    __slots__ = ("headers", "key", "offset", "partition", "timestamp_ms", "topic", "tp", "value")
+    __slots__ = (
+        "generation",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+        "timestamp_ms",
+        "topic",
+        "tp",
+        "value",
+    )
 
-    def __init__(self, message: Any, tp: TP) -> None:
+    def __init__(self, message: Any, tp: TP, generation: int = 0) -> None:
         self.tp = tp
+        #: the transaction generation it was read in (pipeline/worker/transactions.py)
+        self.generation = generation
         self.topic = tp.topic
         self.partition = tp.partition
         self.offset: int = message.offset()
@@ -105,7 +122,9 @@ class _Reply:
 
     def send(self) -> asyncio.Future[None]:
         request = self.request
-        self.handler.output.send_then(request.reply_topic, request.call_id.encode(), self.value, self._sent)
+        self.handler.send_then(
+            self.msg, request.reply_topic, request.call_id.encode(), self.value, self._sent
+        )
         return self.done
 
     def _sent(self, error: BrokerError | None) -> None:
@@ -130,19 +149,29 @@ class _Reply:
 class _Job:
     """A request that will run: its message, the request, the script version it runs."""
 
-    __slots__ = ("attempts", "definition", "index", "msg", "received", "request")
+    __slots__ = ("attempts", "context", "definition", "index", "msg", "received", "request")
 
-    def __init__(self, msg: Any, request: InvocationRequest, definition: ScriptDefinition, received: int):
+    def __init__(
+        self,
+        msg: Any,
+        request: InvocationRequest,
+        definition: ScriptDefinition,
+        received: int,
+        store: PartitionStore | None,
+    ):
         self.msg = msg
         self.request = request
         self.definition = definition
         self.received = received
         self.attempts = request.attempt
         self.index = 0  # its place in the lane's batch
+        self.context = RunContext(store, request.timestamp_ms)
 
     def invocation(self) -> Invocation:
         request = self.request
+        self.context.effects = None  # a run again after a crash starts afresh
         return Invocation(
+            host_context=self.context,
             vars=None,
             vars_json=request.vars_json.encode(),  # passed through: no decode/encode per call
             call_id=request.call_id,
@@ -174,9 +203,21 @@ class InvocationHandler:
     committed before either, nothing lost."""
 
     def __init__(
-        self, output: Any, settings: Settings, registry: ScriptRegistry, pool: SandboxPool, worker_id: str
+        self,
+        output: Any,
+        settings: Settings,
+        registry: ScriptRegistry,
+        pool: SandboxPool,
+        worker_id: str,
+        *,
+        stores: dict[int, PartitionStore] | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.output = output  # Output: send(topic, key, value) -> future of the delivery
+        #: the datastores of the partitions this worker owns, by partition (the worker keeps it)
+        self.stores: dict[int, PartitionStore] = {} if stores is None else stores
+        #: exactly-once mode: everything a request leaves goes into the open transaction
+        self.transactions = transactions
         self.settings = settings
         self.topics = Topics(settings)
         self.registry = registry
@@ -213,6 +254,8 @@ class InvocationHandler:
         """Decode, check the deadline, look the script up: a job to run, or the tail of the reply of a
         request answered without running (None when it has no reply topic)."""
         received = now_ms()
+        if self._answered(msg):
+            return None
         at = where(msg.topic, msg.partition, msg.offset)
         try:
             request = _REQUESTS.decode(msg.value, where=at)
@@ -276,7 +319,7 @@ class InvocationHandler:
         if refusal is not None or definition is None:
             outcome = refusal or Outcome.failure(Reason.NOT_FOUND, 404, "no such script")
             return self._reply(msg, request, outcome, request.version, received, received)
-        return _Job(msg, request, definition, received)
+        return _Job(msg, request, definition, received, self.stores.get(msg.partition))
 
     async def _miskeyed(self, msg: Any, request: InvocationRequest, received: int) -> asyncio.Future[None]:
         """A request keyed for another script (or not keyed) sits in another script's lane and maybe
@@ -343,6 +386,8 @@ class InvocationHandler:
             if outcome.reason == Reason.CRASH and outcome.process_died:
                 crashed.append(outcome)  # retried in place: a new process may run it
                 return
+            # in the same step of the loop as the reply: the effects and the reply share a transaction
+            self._effects(job.msg, job.context.store, job.context.effects)
             tails[job.index] = self._reply(
                 job.msg, job.request, outcome, definition.version, job.received, started
             )
@@ -365,7 +410,76 @@ class InvocationHandler:
         """Produces the reply; ``counted`` replies count in the runs metric once delivered (a rejected
         request's reply does not: it was dead-lettered and counted there)."""
         value = self._encode_reply(request, outcome, version, received, started)
-        return _Reply(self, msg, request, outcome if counted else None, value).send()
+        if counted:
+            self._run_records(msg, request, outcome, version, received)
+        tail = _Reply(self, msg, request, outcome if counted else None, value).send()
+        self._mark(msg)
+        return tail
+
+    # ---- what a request leaves besides its reply ---------------------------------------------------
+    def send_then(
+        self, msg: Any, topic: str, key: bytes | None, value: bytes | None, then: Any, partition: int = -1
+    ) -> None:
+        """Produce an output of ``msg``: into the open transaction in exactly-once mode."""
+        if self.transactions is None:
+            self.output.send_then(topic, key, value, then, partition)
+        else:
+            generation = getattr(msg, "generation", 0)
+            self.transactions.send_then(topic, key, value, then, generation=generation, partition=partition)
+
+    def _send(self, msg: Any, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if self.transactions is None:
+            return self.output.send(topic, key, value)
+        return self.transactions.send(topic, key, value, generation=getattr(msg, "generation", 0))
+
+    def _answered(self, msg: Any) -> bool:
+        """Exactly-once mode: whether ``msg`` was answered in a committed transaction already (its
+        key's marker is at or past it): then it is not handled again (pipeline/worker/transactions.py)."""
+        store = self.stores.get(msg.partition)
+        if self.transactions is None or store is None or msg.key is None:
+            return False
+        return ds.decode_marker(store.get(ds.marker_key(bytes(msg.key)))) >= msg.offset
+
+    def _mark(self, msg: Any) -> None:
+        store = self.stores.get(msg.partition)
+        if self.transactions is not None and store is not None and msg.key is not None:
+            self.transactions.mark(
+                store, bytes(msg.key), msg.offset, generation=getattr(msg, "generation", 0)
+            )
+
+    def _effects(self, msg: Any, store: PartitionStore | None, effects: Effects | None) -> None:
+        """A successful run's writes: staged in its partition's store and produced to the changelog
+        (and its user-space writes to their topic), in the open transaction in exactly-once mode."""
+        if effects is None:
+            return
+        if store is not None and effects.datastore:
+            if self.transactions is not None:
+                self.transactions.effects(store, effects.datastore, generation=getattr(msg, "generation", 0))
+            else:
+                store.stage(0, effects.datastore)
+                store.committed(0)
+                for key, value in effects.datastore.items():
+                    self.output.send_then(self.topics.datastore, key, value, _ignore, store.partition)
+        for key, value in effects.userspace:
+            self.send_then(msg, self.topics.userspace, key, value, _ignore)
+
+    def _run_records(
+        self, msg: Any, request: InvocationRequest, outcome: Outcome, version: int | None, received: int
+    ) -> None:
+        """The run log (every answered request) and the outbound messages (a successful run's)."""
+        key, value = run_log_record(
+            request,
+            outcome,
+            version=version,
+            worker=self.worker_id,
+            received_ms=received,
+            finished_ms=now_ms(),
+            partition=msg.partition,
+            offset=msg.offset,
+        )
+        self.send_then(msg, self.topics.logs, key, value, _ignore)
+        for key, value in outbound_records(request, outcome, version=version):
+            self.send_then(msg, self.topics.outbound, key, value, _ignore)
 
     def _encode_reply(
         self, request: InvocationRequest, outcome: Outcome, version: int | None, received: int, started: int
@@ -393,7 +507,7 @@ class InvocationHandler:
                 break
             await asyncio.sleep(0.2 * attempt)
             try:
-                await self.output.send(request.reply_topic, request.call_id.encode(), reply.value)
+                await self._send(reply.msg, request.reply_topic, request.call_id.encode(), reply.value)
             except Exception as exc:
                 error = exc
                 continue
@@ -424,6 +538,7 @@ class InvocationHandler:
         call_id, reply_topic = _header_address(msg)
         await self._dead_letter(msg, reason, detail, 1, call_id)
         if not (call_id and reply_topic):
+            self._mark(msg)
             return None
         outcome = Outcome.failure(Reason.RUNTIME, 400, f"request rejected ({reason}): {detail}")
         stub = _stub_request(call_id, msg, reply_topic)
@@ -449,7 +564,7 @@ class InvocationHandler:
         stub = request or _stub_request(call_id, msg, reply_topic)
         outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {detail}")
         value = self._encode_reply(stub, outcome, None, received, received)
-        self.output.send_then(reply_topic, call_id.encode(), value, _ignore)
+        self.send_then(msg, reply_topic, call_id.encode(), value, _ignore)
 
     async def _dead_letter(
         self, msg: Any, reason: str, detail: str, attempts: int, call_id: str | None
@@ -480,12 +595,12 @@ class InvocationHandler:
             encoded = _DEAD.encode(record)
         key = (call_id or "").encode()
         try:
-            await self.output.send(self.topics.dlq, key, encoded)
+            await self._send(msg, self.topics.dlq, key, encoded)
         except DeliveryError as exc:
             if exc.retriable or record.value_truncated:
                 raise
             record = _reference(record, f"the dead-letter topic refused it whole: {exc}")
-            await self.output.send(self.topics.dlq, key, _DEAD.encode(record))
+            await self._send(msg, self.topics.dlq, key, _DEAD.encode(record))
         metrics.DEAD_LETTERED.labels(reason).inc()
 
 

@@ -273,6 +273,10 @@ class Lanes:
                 out.append((tp, position))
         return out
 
+    def has_advanced(self) -> bool:
+        """Whether ``advanced`` would hand out a position."""
+        return any(a.position is not None and a.position != a.committed for a in self._partitions.values())
+
     def recommit(self, tps: Iterable[Hashable]) -> None:
         """A commit of ``tps`` failed: hand their positions out again at the next ``advanced``."""
         for tp in tps:
@@ -300,6 +304,12 @@ class Lanes:
             if acks is not None and acks.position is not None:
                 out[tp] = acks.position
         return out
+
+    def forget(self) -> None:
+        """Every partition's requests taken so far will be read and handled again (a transaction was
+        aborted): their positions are dropped, so nothing taken before can be committed. Their lanes
+        still finish them (their outputs are dropped by the caller), which keeps ``in_flight`` true."""
+        self._partitions.clear()
 
     @property
     def lanes(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.errors import DeliveryError
 from pipeline.kafka.producers import SplitProducer
+
+log = logging.getLogger(__name__)
 
 #: how long one produce may take before it counts as failed (librdkafka's message.timeout.ms: it covers
 #: waiting for the metadata of a missing reply topic, too)
@@ -51,6 +54,23 @@ PERMANENT = frozenset(
 )
 
 
+def producer_config(broker: str, max_record_bytes: int, client: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings of the worker's producers (replies, dead letters, state)."""
+    return {
+        **(client or {}),
+        "bootstrap.servers": broker,
+        "acks": "all",
+        "enable.idempotence": True,
+        "message.timeout.ms": int(SEND_TIMEOUT * 1000),
+        "message.max.bytes": max_record_bytes,
+        "topic.metadata.propagation.max.ms": MISSING_TOPIC_WAIT_MS,
+        # librdkafka documents it for consumers only: set here too, beside the broker's own
+        # auto.create.topics.enable=false, in case a producer's metadata requests honour it
+        # (not verified: docs/dependencies.md)
+        "allow.auto.create.topics": False,
+    }
+
+
 #: what a delivery report settles: a future, or a callback taking the error (None when delivered)
 Report = asyncio.Future[None] | Callable[[DeliveryError | None], None]
 
@@ -69,24 +89,22 @@ class Output:
     own threads; one thread serves the delivery reports and hands them to the loop in batches, so
     completing a request never depends on the consumer thread (see ``Worker._release``)."""
 
-    def __init__(self, broker: str, *, max_record_bytes: int, client: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        max_record_bytes: int,
+        client: dict[str, Any] | None = None,
+        producer: Any = None,
+        on_queue_full: Callable[[], None] | None = None,
+    ) -> None:
         """``max_record_bytes``: the largest record this producer sends (a larger one fails at once,
-        ``MSG_SIZE_TOO_LARGE``); ``client``: the settings every Kafka client of the worker shares."""
-        self._producer = SplitProducer(
-            {
-                **(client or {}),
-                "bootstrap.servers": broker,
-                "acks": "all",
-                "enable.idempotence": True,
-                "message.timeout.ms": int(SEND_TIMEOUT * 1000),
-                "message.max.bytes": max_record_bytes,
-                "topic.metadata.propagation.max.ms": MISSING_TOPIC_WAIT_MS,
-                # librdkafka documents it for consumers only: set here too, beside the broker's own
-                # auto.create.topics.enable=false, in case a producer's metadata requests honour it
-                # (not verified: docs/dependencies.md)
-                "allow.auto.create.topics": False,
-            }
-        )
+        ``MSG_SIZE_TOO_LARGE``); ``client``: the settings every Kafka client of the worker shares.
+        ``producer``: one made by the caller (the transactional one, pipeline/worker/transactions.py)
+        instead of a SplitProducer; ``on_queue_full``: told whenever a record has to wait for room
+        (it is then produced later, maybe in a later transaction)."""
+        self._producer = producer or SplitProducer(producer_config(broker, max_record_bytes, client))
+        self._on_queue_full = on_queue_full
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[Report, DeliveryError | None]] = []
         self._stop = threading.Event()
@@ -104,24 +122,36 @@ class Output:
         self._produce(topic, key, value, fut)
         return fut
 
-    def send_then(self, topic: str, key: bytes, value: bytes, then: Callable[[Any], None]) -> None:
+    def send_then(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        then: Callable[[Any], None],
+        partition: int = -1,
+    ) -> None:
         """Produce; ``then(error)`` runs on the loop once the broker has the message (error None) or
-        has refused it: the replies' path, one future fewer per request than ``send``."""
-        self._produce(topic, key, value, then)
+        has refused it: the replies' path, one future fewer per request than ``send``. ``partition``
+        -1: the partitioner's choice (by key)."""
+        self._produce(topic, key, value, then, partition)
 
-    def _produce(self, topic: str, key: bytes, value: bytes, report: Report) -> None:
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, report: Report, partition: int = -1
+    ) -> None:
         def delivered(err: Any, _msg: Any) -> None:  # in the delivery thread
             error = None if err is None else delivery_error(err, topic)
             self._reports.append((report, error))  # not a captured list: _hand_over swaps it
 
         assert self._loop is not None
         try:
-            self._producer.produce(topic, value, key, on_delivery=delivered)
+            self._producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
         except BufferError:
+            if self._on_queue_full is not None:
+                self._on_queue_full()
             # librdkafka's queue is full (its 100,000 messages, far above the worker's 5,000 requests
             # in flight): try again on a later loop turn, never by sleeping on the loop. Replies and
             # dead letters may overtake each other anyway (SplitProducer), so nothing depends on order.
-            self._loop.call_later(QUEUE_FULL_RETRY, self._produce, topic, key, value, report)
+            self._loop.call_later(QUEUE_FULL_RETRY, self._produce, topic, key, value, report, partition)
         except KafkaException as exc:  # refused before queueing: too large, or a bad topic name
             # settled on a later loop turn, as a delivery report would be: callers never see an
             # outcome before send returns
@@ -132,7 +162,14 @@ class Output:
         loop = self._loop
         assert loop is not None
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                # a fatal error of a transactional producer (fenced by a newer worker with its id) is
+                # raised by every poll: the next commit meets it too and stops the worker
+                log.error("the worker's producer failed: %s", exc.args[0].str())
+                self._stop.wait(1.0)
+                continue
             if self._hand_over(loop):
                 # reports only release commits and in-flight slots (the replies are already on their
                 # way): gathering them for a few ms saves the loop a wake-up per reply at low rates

@@ -40,6 +40,7 @@ stateful streams (tables) that do not sit on this path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -51,7 +52,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, ConfigError
@@ -60,18 +61,22 @@ from pipeline.observability import metrics
 from pipeline.observability.alarms import Summary, kind_of
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
+from pipeline.state.asr import AsrView
+from pipeline.state.changelog import Slot, restore, take_slot
+from pipeline.state.global_table import GlobalTable
+from pipeline.state.host import KafkaHost
+from pipeline.state.store import PartitionStore
+from pipeline.state.userspace import UserspaceView
 from pipeline.wire.topics import Topics, ensure_topics
 from pipeline.worker.handler import Incoming, InvocationHandler
 from pipeline.worker.lanes import TP, Lanes
 from pipeline.worker.output import Output
 from pipeline.worker.recovery import Recovery
-from sandbox.local import LocalHost
+from pipeline.worker.transactions import TransactionAborted, TransactionFatal, Transactions
 from sandbox.pool import SandboxPool
 
 log = logging.getLogger(__name__)
 
-#: how often finished requests' offsets are committed (asynchronously; only partitions that advanced)
-COMMIT_INTERVAL = 0.2
 #: on revocation, how long to wait for the revoked partitions' requests before committing what finished
 REVOKE_WAIT = 5.0
 #: requests taken from Kafka and not yet answered before the worker pauses its partitions (and resumes
@@ -87,6 +92,10 @@ LAG_INTERVAL_MS = 5000
 POLL_BATCH = 1000
 #: the consumer thread's longest wait in poll (queued consumer calls wait at most this long)
 POLL_WAIT = 0.05
+#: how long a transaction's commit waits for the consumer thread to read the group metadata
+GROUP_METADATA_WAIT = 1.0
+#: how long tables (user-space, ASR+) and restores may take before the worker gives up starting
+STATE_TIMEOUT = 120.0
 
 
 def worker_id() -> str:
@@ -165,12 +174,26 @@ class Worker:
         self.group_id = settings.worker_group
         self.registry = ScriptRegistry(settings)
         processes = settings.sandbox_processes or None
-        self.pool = SandboxPool(host=LocalHost(), processes=processes, on_restart=_sandbox_restarted)
+        self.host = KafkaHost()
+        self.pool = SandboxPool(host=self.host, processes=processes, on_restart=_sandbox_restarted)
         # the largest record it sends is a dead letter (replies are bounded far below by the sandbox)
         self.output = Output(
             settings.broker, max_record_bytes=settings.max_dead_letter_bytes + 65_536, client=client_config()
         )
-        self.handler = InvocationHandler(self.output, settings, self.registry, self.pool, self.id)
+        if settings.processing_guarantee not in ("exactly_once", "at_least_once"):
+            raise ConfigError(
+                f"SCRIPTFORGE_PROCESSING_GUARANTEE={settings.processing_guarantee!r} is not one of: "
+                "exactly_once, at_least_once"
+            )
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        #: the datastores of the owned partitions, by partition (shared with the handler)
+        self.stores: dict[int, PartitionStore] = {}
+        self.transactions: Transactions | None = None
+        self._slot: Slot | None = None
+        self._tables: list[GlobalTable] = []
+        self.handler = InvocationHandler(
+            self.output, settings, self.registry, self.pool, self.id, stores=self.stores
+        )
         self.recovery = Recovery(settings, self.id, self.handler, group_id=self.group_id)
         self.lanes = Lanes(
             self.recovery.handle_many, self.recovery.abandon, on_in_flight=self._in_flight_changed
@@ -192,6 +215,10 @@ class Worker:
         #: one thread, so plans are made in the order of the assignments
         self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scriptforge-plan")
         self._closing = threading.Event()
+        #: the consumer thread's latest consumer-group metadata (offsets in a transaction need it)
+        self._group_metadata: Any = None
+        #: the transaction generation the consumer thread reads for (moves on once it has rewound)
+        self._read_generation = 0
         self._poller: threading.Thread | None = None
         self._committer: asyncio.Task[None] | None = None
         #: set with the error when the consumer fails for good (librdkafka's fatal errors)
@@ -206,10 +233,14 @@ class Worker:
         await self.pool.start()
         metrics.track_sandbox_restarts(self.pool.stats)
         self.registry.start()
+        self._slot = take_slot(self.settings.data_dir)
+        await asyncio.to_thread(self._start_tables, self._slot)
         await asyncio.to_thread(self.registry.wait_caught_up)
         loop = self._loop = asyncio.get_running_loop()
         self.failed = loop.create_future()
         self.output.start(loop)
+        if self.exactly_once:
+            await self._start_transactions(self._slot, admin)
         invocations = self.topics.invocations
         consumer = self._consumer = Consumer(
             {
@@ -229,6 +260,34 @@ class Worker:
         self._poller.start()
         self._committer = loop.create_task(self._commit_periodically())
 
+    def _start_tables(self, slot: Slot) -> None:
+        """The tables every worker reads whole (user-space lists, ASR+), caught up before serving."""
+        userspace = GlobalTable(self.settings, self.topics.userspace, slot.path / "userspace")
+        asr = GlobalTable(self.settings, self.topics.asrplus, slot.path / "asrplus")
+        self._tables = [userspace, asr]
+        for table in self._tables:
+            table.start()
+        for table in self._tables:
+            table.wait_caught_up(STATE_TIMEOUT)
+        self.host.userspace = UserspaceView(userspace)
+        self.host.asr = AsrView(asr)
+
+    async def _start_transactions(self, slot: Slot, admin: AdminClient) -> None:
+        """The transactional producer; its id is the slot's, so a worker started again in the slot of
+        a dead one fences it and aborts its open transaction at once."""
+        known = set((await asyncio.to_thread(admin.list_topics, timeout=30)).topics)
+        self.transactions = Transactions(
+            self.settings.broker,
+            f"{self.settings.topic_prefix}-worker-{slot.name}",
+            changelog=self.topics.datastore,
+            fallback=self.output,
+            max_record_bytes=self.settings.max_dead_letter_bytes + 65_536,
+            client=client_config(),
+        )
+        assert self._loop is not None
+        await self.transactions.start(self._loop, known)
+        self.handler.transactions = self.transactions
+
     async def stop(self) -> None:
         if self._committer is not None:
             self._committer.cancel()
@@ -241,8 +300,17 @@ class Worker:
         await self.lanes.close()
         self.recovery.close()
         self.registry.close()
+        if self.transactions is not None:
+            await self.transactions.close()
         await self.output.close()
         await self.pool.close()
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
+        for table in self._tables:
+            await asyncio.to_thread(table.close)
+        if self._slot is not None:
+            self._slot.release()
 
     async def run(self) -> None:
         """Runs until cancelled; raises BrokerError when the consumer fails for good."""
@@ -266,7 +334,7 @@ class Worker:
                 if first is None:
                     continue
                 batch = [first, *consumer.consume(POLL_BATCH, 0)]
-                loop.call_soon_threadsafe(dispatch, batch)
+                loop.call_soon_threadsafe(dispatch, batch, self._read_generation)
             # stopping: finish and commit what we own, then leave the group (close revokes the rest)
             self._release([TP(p.topic, p.partition) for p in consumer.assignment()], commit=True)
         except Exception:
@@ -293,24 +361,66 @@ class Worker:
         self._planner.submit(self._plan, tps, self._assignments, time.monotonic())
 
     def _plan(self, tps: list[TP], number: int, began: float) -> None:
-        """The planner's thread: the plan (which never raises: a partition it cannot check runs
-        unguarded), then ``_planned`` on the consumer thread."""
+        """The planner's thread: the stores restored and the plan (which never raises: a partition it
+        cannot check runs unguarded), then ``_planned`` on the consumer thread."""
+        stores = self._restore(tps)
         plans = self.recovery.plan(tps)
-        self._ops.append(functools.partial(self._planned, plans, tps, number, began))
+        self._ops.append(functools.partial(self._planned, plans, stores, tps, number, began))
+
+    def _restore(self, tps: list[TP]) -> dict[int, PartitionStore]:
+        """The planner's thread: each new partition's store, brought up to its changelog's end. A
+        partition whose store cannot be restored is not served by this worker until it is (it stays
+        paused, and restoring is tried again)."""
+        assert self._slot is not None
+        stores: dict[int, PartitionStore] = {}
+        for tp in tps:
+            store = PartitionStore(self._slot.path / f"datastore-{tp.partition}", tp.partition)
+            while not self._closing.is_set():
+                try:
+                    done = restore(
+                        self.settings.broker, client_config(), self.topics.datastore, store, STATE_TIMEOUT
+                    )
+                    break
+                except BrokerError as exc:
+                    log.warning(
+                        "restoring the datastore of partition %d: %s; trying again", tp.partition, exc
+                    )
+            else:
+                store.close()
+                continue
+            log.info(
+                "datastore of partition %d restored: %d records (offsets %s-%d) in %.0f ms",
+                tp.partition,
+                done.records,
+                done.start,
+                done.end,
+                done.seconds * 1000,
+            )
+            stores[tp.partition] = store
+        return stores
 
     def _planned(
-        self, plans: dict[TP, Any], tps: list[TP], number: int, began: float, consumer: Consumer
+        self,
+        plans: dict[TP, Any],
+        stores: dict[int, PartitionStore],
+        tps: list[TP],
+        number: int,
+        began: float,
+        consumer: Consumer,
     ) -> None:
         """Consumer thread: hand the plan to the loop, then resume the partitions (unless the worker is
         paused for backpressure: its resume takes them). A partition revoked meanwhile, or assigned
         again (a newer plan is coming), is left out."""
         mine = [tp for tp in tps if self._planning.get(tp) == number]
+        for tp in tps:
+            if tp not in mine and tp.partition in stores:
+                stores.pop(tp.partition).close()  # revoked while restoring
         if not mine:
             return
         for tp in mine:
             del self._planning[tp]
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in mine})
+        self._loop.call_soon_threadsafe(self._assigned, {tp: plans.get(tp) for tp in mine}, stores)
         if not self._paused:
             consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in mine])
             wake_fetchers(consumer)
@@ -318,6 +428,7 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [TP(p.topic, p.partition) for p in partitions]
+        self._refresh_group_metadata(consumer)  # the revoked partitions' offsets commit with it
         self._forget_plans(tps)
         self._release(tps, commit=True)
         self._hand_back(consumer, partitions, added=False)
@@ -349,6 +460,30 @@ class Worker:
         if added and partitions:
             consumer.pause(partitions)
         wake_fetchers(consumer)
+
+    def _refresh_group_metadata(self, consumer: Consumer) -> None:
+        """Consumer thread: the group metadata a transaction's offsets go with (the member's epoch: a
+        stale one makes the broker refuse the offsets, ILLEGAL_GENERATION, and the transaction aborts).
+        Read on this thread because a call on the consumer from another waits for the poll in progress
+        (measured: forever)."""
+        if self.exactly_once:
+            self._group_metadata = consumer.consumer_group_metadata()
+
+    async def _fresh_group_metadata(self) -> Any:
+        """The group metadata as of now, read by the consumer thread between two polls; the last one
+        read when it does not answer within GROUP_METADATA_WAIT (it is inside a rebalance callback,
+        which reads it itself)."""
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def read(consumer: Consumer) -> None:
+            self._refresh_group_metadata(consumer)
+            self._loop.call_soon_threadsafe(_settle, done)  # type: ignore[union-attr]
+
+        self._ops.append(read)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, GROUP_METADATA_WAIT)
+        return self._group_metadata
 
     def _release(self, tps: list[TP], *, commit: bool) -> None:
         """Consumer thread: wait (bounded) for the loop to finish the revoked partitions' requests, then
@@ -388,19 +523,39 @@ class Worker:
             self._loop.call_soon_threadsafe(self.lanes.recommit, failed)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def _assigned(self, plans: dict[TP, Any]) -> None:
+    def _assigned(self, plans: dict[TP, Any], stores: dict[int, PartitionStore]) -> None:
         # no re-pause for backpressure here: new partitions come paused, and _planned resumes them
         # only while the worker is not paused (a later pause or resume op covers them)
+        for partition, store in stores.items():
+            old = self.stores.pop(partition, None)
+            if old is not None:
+                old.close()
+            self.stores[partition] = store
         self._owned.update(plans)
         self.ready.set()
         self.recovery.assigned(plans)
 
     async def _revoked(self, tps: list[TP], wait: float) -> dict[Any, int]:
+        """The revoked partitions' requests finished (bounded by ``wait``); in exactly-once mode their
+        positions commit in the transaction now (nothing left for the consumer to commit), and their
+        stores close: the next owner restores them from the changelog."""
         self._owned.difference_update(tps)
         self.recovery.revoked(tps)
-        return await self.lanes.release(tps, wait)
+        positions = await self.lanes.release(tps, wait)
+        if self.transactions is None:
+            return positions
+        if wait > 0:  # revoked, not lost: what finished is committed before the partitions go
+            await self._commit_transaction(positions)
+        for tp in tps:
+            store = self.stores.pop(tp.partition, None)
+            if store is not None:
+                store.discard()
+                store.close()
+        return {}
 
-    def _dispatch(self, batch: list[Any]) -> None:
+    def _dispatch(self, batch: list[Any], generation: int = 0) -> None:
+        if self.transactions is not None and generation != self.transactions.generation:
+            return  # read before a rewind: the consumer reads it again from the committed offsets
         owned, route, dispatch = self._owned, self.recovery.route, self.lanes.dispatch
         for message in batch:
             error = message.error()
@@ -413,7 +568,7 @@ class Worker:
             tp = TP(message.topic(), message.partition())
             if tp not in owned:
                 continue  # revoked since it was fetched: its next owner runs it
-            msg = Incoming(message, tp)
+            msg = Incoming(message, tp, generation)
             lane, item = route(msg)
             dispatch(lane, tp, msg.offset, item)
         if not self._paused and self.lanes.in_flight >= self.max_in_flight:
@@ -452,10 +607,52 @@ class Worker:
             log.warning("pause/resume of the invocations partitions failed: %s", exc)
 
     async def _commit_periodically(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
         while True:
-            await asyncio.sleep(COMMIT_INTERVAL)
-            self._commit()
+            await asyncio.sleep(interval)
+            if self.transactions is None:
+                self._commit()
+            elif self.transactions.busy or self.lanes.has_advanced():
+                await self._fresh_group_metadata()
+                await self._commit_transaction({})
             metrics.IN_FLIGHT.set(self.lanes.in_flight)
+
+    async def _commit_transaction(self, released: dict[Any, int]) -> None:
+        """Exactly-once mode: commits the open transaction with the finished prefixes' offsets (and
+        ``released``: those of partitions just revoked). An aborted transaction rewinds the worker; a
+        fatal error stops it."""
+        assert self.transactions is not None
+        positions = [*self.lanes.advanced(), *released.items()]
+        offsets = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in positions]
+        try:
+            await self.transactions.commit(offsets, self._group_metadata)
+        except TransactionAborted as exc:
+            log.warning("%s: reading the owned partitions again from their committed offsets", exc)
+            self._rewind()
+        except TransactionFatal as exc:
+            log.critical("%s", exc)
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_exception(exc)
+
+    def _rewind(self) -> None:
+        """After an abort: forget what was taken (its outputs are dropped by generation) and have the
+        consumer thread seek every owned partition back to its committed offset."""
+        assert self.transactions is not None
+        self.lanes.forget()
+        self._ops.append(functools.partial(self._seek_committed, self.transactions.generation))
+
+    def _seek_committed(self, generation: int, consumer: Consumer) -> None:
+        """Consumer thread (an op): seek to the committed offsets, then read for ``generation``."""
+        assignment = consumer.assignment()
+        try:
+            for tp in consumer.committed(assignment, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            log.critical("rewinding after an abort failed: %s", exc)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._fail, exc.args[0])
+        self._read_generation = generation
 
     def _commit(self) -> None:
         advanced = self.lanes.advanced()
@@ -477,6 +674,11 @@ class Worker:
             consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             self._on_commit(exc, offsets)
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def _numbers(tps: list[TP]) -> list[int]:

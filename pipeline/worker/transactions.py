@@ -1,0 +1,341 @@
+"""Exactly-once effects: a run's state writes, reply, outbound messages and run log, and the input
+offsets, committed together in one Kafka transaction (docs/state.md).
+
+Transactions are committed per batch, every ``commit_interval`` (FACTS in docs/state.md: a transaction
+costs a few ms whatever it holds), not per request. Records go into the open transaction as runs end,
+so a reply is on the broker at once: a caller reading uncommitted (the client does) has it without
+waiting for the commit. While ``commit_transaction`` runs (1-5 ms) nothing can be produced; what ends
+meanwhile waits and goes into the next transaction, in order.
+
+Why a run is never applied twice, although lanes finish out of order and the committed offset of a
+partition only covers the prefix of finished requests: each transaction also writes, for every Kafka
+key (``account/script``) it holds outputs of, a *marker* with the highest offset of that key it
+answered (pipeline/state/datastore.py). A request at or below its key's marker was answered in a
+committed transaction, with its effects: the handler skips it. The markers live in the partition's
+store, so they follow the partition with its state.
+
+The output of one request (effects, reply, marker) is handed over in one synchronous step of the loop,
+so it can never straddle two transactions.
+
+An aborted transaction (a broker failure, a fenced epoch) is undone: its writes leave the stores'
+memory, the *generation* moves on so that outputs of runs begun before the abort are dropped, and the
+worker reads its partitions again from the committed offsets (``Worker._rewind``). A fatal error
+(another worker with the same transactional id fenced this one) stops the worker.
+
+A reply to a topic this producer has not seen yet goes out on the worker's non-transactional producer,
+and the topic is looked up meanwhile: a record for a topic that does not exist would make the whole
+transaction fail, and every run in it would be done again, for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer, TopicPartition
+
+from pipeline.errors import BrokerError, DeliveryError
+from pipeline.state import datastore as ds
+from pipeline.state.store import PartitionStore
+from pipeline.worker.output import Output, producer_config
+
+log = logging.getLogger(__name__)
+
+#: how long the broker lets a transaction stay open before it aborts it: also how long a dead worker's
+#: open transaction holds back the partitions it wrote (their next owner waits for it to end), unless
+#: the worker comes back first (same transactional id: its open transaction is aborted at once)
+TRANSACTION_TIMEOUT_MS = 5000
+#: how long one transactional call may take before it is tried again
+CALL_TIMEOUT = 10.0
+#: librdkafka waits retry.backoff.ms after CONCURRENT_TRANSACTIONS (the last transaction's markers
+#: still being written): 100 ms by default, which made every transaction cost 107 ms (docs/state.md)
+RETRY_BACKOFF_MS = 1
+RETRY_BACKOFF_MAX_MS = 5
+
+
+class TransactionAborted(BrokerError):
+    """The open transaction was aborted: the worker must read its partitions again."""
+
+
+class TransactionFatal(BrokerError):
+    """The producer cannot go on (fenced by a newer worker with its id): the worker must stop."""
+
+
+Marker = tuple[PartitionStore, bytes, int]
+
+
+class Transactions:
+    """The worker's transactional producer and the transaction cycle. Loop thread only, except the
+    blocking calls it makes in threads itself."""
+
+    def __init__(
+        self,
+        broker: str,
+        transactional_id: str,
+        *,
+        changelog: str,
+        fallback: Output,
+        max_record_bytes: int,
+        client: dict[str, Any] | None = None,
+    ) -> None:
+        self._producer = Producer(
+            {
+                **producer_config(broker, max_record_bytes, client),
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "retry.backoff.ms": RETRY_BACKOFF_MS,
+                "retry.backoff.max.ms": RETRY_BACKOFF_MAX_MS,
+                "linger.ms": 0,
+                # a record that waits for room could land in a later transaction than its siblings
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+        self.transactional_id = transactional_id
+        self._output = Output(
+            broker, max_record_bytes=max_record_bytes, producer=self._producer, on_queue_full=self._queue_full
+        )
+        self._fallback = fallback
+        self._changelog = changelog
+        #: topics the broker is known to have (replies to others go out on the fallback producer)
+        self._known: set[str] = set()
+        self._looking_up: set[str] = set()
+        #: outputs of runs begun in an older generation are dropped (their transaction aborted)
+        self.generation = 0
+        #: the number of the open transaction
+        self._txn = 0
+        self._committing = False
+        #: produced during a commit: (produce, its report), for the next transaction
+        self._deferred: list[tuple[Callable[[], None], Callable[[Any], None]]] = []
+        #: the open transaction's markers: (store, Kafka key) -> offset
+        self._markers: dict[tuple[PartitionStore, bytes], int] = {}
+        self._next_markers: dict[tuple[PartitionStore, bytes], int] = {}
+        self._stores: set[PartitionStore] = set()
+        self._next_stores: set[PartitionStore] = set()
+        self._dirty = False
+        #: set when a record of the open transaction did not make it in: it must abort
+        self._poisoned: str | None = None
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- life cycle --------------------------------------------------------------------------------
+    async def start(self, loop: asyncio.AbstractEventLoop, known_topics: set[str]) -> None:
+        """Fences any older producer with this id (its open transaction is aborted) and opens the first
+        transaction."""
+        self._loop = loop
+        self._known = set(known_topics)
+        await asyncio.to_thread(self._producer.init_transactions, 30.0)
+        self._producer.begin_transaction()
+        self._output.start(loop)
+
+    async def close(self) -> None:
+        await self._output.close()
+
+    @property
+    def busy(self) -> bool:
+        """Whether the open transaction holds anything."""
+        return self._dirty
+
+    # ---- producing into the open transaction -------------------------------------------------------
+    def send_then(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        then: Callable[[Any], None],
+        *,
+        generation: int,
+        partition: int = -1,
+    ) -> None:
+        """Produce into the open transaction (or the next, during a commit). Outputs of an older
+        generation are dropped and reported done: their transaction was aborted and their requests
+        run again."""
+        if generation != self.generation:
+            then(None)
+            return
+        if topic not in self._known:
+            self._fallback.send_then(topic, key or b"", value or b"", then)
+            self._look_up(topic)
+            return
+        report = self._checked(topic, then, generation)
+        self._enqueue(lambda: self._output.send_then(topic, key, value, report, partition), report)
+
+    def send(self, topic: str, key: bytes, value: bytes, *, generation: int) -> asyncio.Future[None]:
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+
+        def settle(error: DeliveryError | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self.send_then(topic, key, value, settle, generation=generation)
+        return fut
+
+    def effects(self, store: PartitionStore, writes: dict[bytes, bytes | None], *, generation: int) -> None:
+        """A run's datastore writes: visible to later runs at once, in the changelog with its reply."""
+        if generation != self.generation or not writes:
+            return
+        store.stage(self._txn + 1 if self._committing else self._txn, writes)
+        (self._next_stores if self._committing else self._stores).add(store)
+        for key, value in writes.items():
+            produce = functools.partial(
+                self._output.send_then, self._changelog, key, value, _ignore, store.partition
+            )
+            self._enqueue(produce, _ignore)
+
+    def mark(self, store: PartitionStore, kafka_key: bytes, offset: int, *, generation: int) -> None:
+        """The request at ``offset`` of ``kafka_key`` is answered (its outputs handed over just now)."""
+        if generation != self.generation:
+            return
+        markers = self._next_markers if self._committing else self._markers
+        markers[(store, kafka_key)] = offset
+        store.stage(
+            self._txn + 1 if self._committing else self._txn,
+            {ds.marker_key(kafka_key): ds.encode_marker(offset)},
+        )
+        (self._next_stores if self._committing else self._stores).add(store)
+
+    def _enqueue(self, produce: Callable[[], None], report: Callable[[Any], None]) -> None:
+        if self._committing:
+            self._deferred.append((produce, report))
+        else:
+            self._dirty = True
+            produce()
+
+    def _checked(self, topic: str, then: Callable[[Any], None], generation: int) -> Callable[[Any], None]:
+        """A failed delivery fails the open transaction (librdkafka makes it abortable); a topic gone
+        is forgotten, so the runs done again send their replies the non-transactional way. A report
+        that comes after its transaction was aborted says done: the request runs again anyway."""
+
+        def report(error: DeliveryError | None) -> None:
+            if generation != self.generation:
+                then(None)
+                return
+            if error is not None and error.code in ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC"):
+                self._known.discard(topic)
+            then(error)
+
+        return report
+
+    def _queue_full(self) -> None:
+        self._poisoned = "librdkafka's queue was full: a record was held back"
+
+    def _look_up(self, topic: str) -> None:
+        if topic in self._looking_up or self._loop is None:
+            return
+        self._looking_up.add(topic)
+        task = self._loop.run_in_executor(None, self._exists, topic)
+        task.add_done_callback(lambda f: self._looked_up(topic, f))
+
+    def _exists(self, topic: str) -> bool:
+        try:
+            meta = self._producer.list_topics(topic, timeout=5.0).topics.get(topic)
+        except KafkaException:
+            return False
+        return meta is not None and meta.error is None and bool(meta.partitions)
+
+    def _looked_up(self, topic: str, future: asyncio.Future[bool]) -> None:
+        self._looking_up.discard(topic)
+        if not future.cancelled() and future.exception() is None and future.result():
+            self._known.add(topic)
+
+    # ---- the cycle ---------------------------------------------------------------------------------
+    async def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+        """Commits the open transaction with ``offsets`` (the finished prefixes) and opens the next.
+        Raises TransactionAborted (the worker rewinds) or TransactionFatal (the worker stops)."""
+        if not (self._dirty or offsets or self._markers):
+            return
+        async with self._lock:
+            try:
+                if offsets:
+                    await asyncio.to_thread(
+                        self._producer.send_offsets_to_transaction, offsets, group_metadata, CALL_TIMEOUT
+                    )
+                self._seal()
+                if self._poisoned is not None:
+                    raise TransactionAborted(self._poisoned)
+                await asyncio.to_thread(self._commit_blocking)
+            except KafkaException as exc:
+                await self._fail(exc.args[0])
+            except TransactionAborted:
+                await self._abort()
+                raise
+            self._committed()
+
+    def _seal(self) -> None:
+        """From here the open transaction takes nothing more but its markers."""
+        self._committing = True
+        for (store, kafka_key), offset in self._markers.items():
+            self._output.send_then(
+                self._changelog, ds.marker_key(kafka_key), ds.encode_marker(offset), _ignore, store.partition
+            )
+
+    def _commit_blocking(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(CALL_TIMEOUT)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("committing the transaction: %s; trying again", exc.args[0].str())
+
+    def _committed(self) -> None:
+        for store in self._stores:
+            store.committed(self._txn)
+        self._txn += 1
+        self._stores, self._next_stores = self._next_stores, set()
+        self._markers, self._next_markers = self._next_markers, {}
+        self._reopen()
+
+    def _reopen(self) -> None:
+        self._producer.begin_transaction()
+        self._committing = False
+        self._dirty = False
+        deferred, self._deferred = self._deferred, []
+        for produce, report in deferred:
+            self._enqueue(produce, report)
+
+    async def _fail(self, error: Any) -> None:
+        if error.fatal() or not error.txn_requires_abort():
+            raise TransactionFatal(f"the transactional producer failed for good: {error.str()}")
+        await self._abort()
+        raise TransactionAborted(f"the transaction was aborted: {error.str()}")
+
+    async def _abort(self) -> None:
+        """Undo the open transaction (and what waited for the next): nothing of it reaches the stores."""
+        self.generation += 1
+        for store in self._stores | self._next_stores:
+            store.discard()
+        self._stores, self._next_stores = set(), set()
+        self._markers, self._next_markers = {}, {}
+        deferred, self._deferred = self._deferred, []
+        for _, report in deferred:
+            report(None)  # never produced: their requests run again
+        self._poisoned = None
+        while True:
+            try:
+                await asyncio.to_thread(self._producer.abort_transaction, CALL_TIMEOUT)
+                break
+            except KafkaException as exc:
+                if exc.args[0].fatal() or not exc.args[0].retriable():
+                    raise TransactionFatal(f"aborting the transaction failed: {exc.args[0].str()}") from None
+                log.warning("aborting the transaction: %s; trying again", exc.args[0].str())
+        self._txn += 1
+        self._reopen()
+
+    async def abort(self) -> None:
+        """Abort the open transaction from outside (a lost partition: its outputs must not commit)."""
+        async with self._lock:
+            await self._abort()
+
+
+def _ignore(_error: Any) -> None:
+    """A changelog record's report: a failure aborts the transaction, nothing to do per record."""
