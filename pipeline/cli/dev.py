@@ -2,7 +2,8 @@
 
 Starts the local Kafka broker unless one already serves at SCRIPTFORGE_BROKER, creates the topics,
 deploys the example scripts (a new version only when a file changed), loads ``examples/dnc.csv`` into
-the user-space list DNC (only rows that changed), and runs a worker until Ctrl-C.
+the user-space list DNC (only rows that changed), and runs the ASR+ job (a child process) and a
+worker until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.asr.job import start_asr_job
 from pipeline.broker.local import LocalBroker
 from pipeline.cli.userspace import load_list
 from pipeline.cli.worker import run_worker
@@ -55,7 +57,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             """'{"routing": {"dest_number": "15551234567", "cli": "15557654321", "egress_routing": []}}'""",
             flush=True,
         )
-    run_worker(Worker(settings), settings, on_ready=lambda: _kafka_log.setLevel(logging.WARNING))
+    with start_asr_job(settings):  # the ASR+ job in a child process, stopped with the worker
+        run_worker(Worker(settings), settings, on_ready=lambda: _kafka_log.setLevel(logging.WARNING))
     return 0
 
 

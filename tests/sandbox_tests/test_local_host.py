@@ -537,4 +537,6 @@ async def test_dataset_and_asr_lookups() -> None:
     assert (await s.asrplus("1555"))["status"] == "Invalid"
     host.record_call("1555", True)
     view = await s.asrplus("1555")
-    assert view == {"number": "1555", "status": "Valid", "attempts": 4, "answered": 1, "asr": 0.25}
+    shown = {k: view[k] for k in ("number", "status", "attempts", "answered", "asr")}
+    assert shown == {"number": "1555", "status": "Valid", "attempts": 4, "answered": 1, "asr": 0.25}
+    assert view["last_seen"] is not None and "acd" in view
