@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,15 @@ class Restored:
 
 
 def restore(
-    broker: str, client: dict[str, Any], topic: str, store: PartitionStore, timeout: float
+    broker: str,
+    client: dict[str, Any],
+    topic: str,
+    store: PartitionStore,
+    timeout: float,
+    stop: threading.Event | None = None,
 ) -> Restored:
-    """Brings ``store`` up to the end of its changelog partition (read committed)."""
+    """Brings ``store`` up to the end of its changelog partition (read committed); BrokerError when it
+    cannot within ``timeout``, or when ``stop`` is set (the worker is stopping)."""
     began = time.monotonic()
     partition, start = store.partition, store.offset
     consumer = Consumer(
@@ -104,7 +111,7 @@ def restore(
         records = 0
         if first < end:
             consumer.assign([TopicPartition(topic, partition, first)])
-            records = _read_to(consumer, store, end, began + timeout, topic)
+            records = _read_to(consumer, store, end, began + timeout, topic, stop)
         if store.offset is None:
             store.restore([], end)
         return Restored(partition, records, time.monotonic() - began, start, end)
@@ -120,7 +127,14 @@ def _watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) 
     return int(low), int(high)
 
 
-def _read_to(consumer: Consumer, store: PartitionStore, end: int, deadline: float, topic: str) -> int:
+def _read_to(
+    consumer: Consumer,
+    store: PartitionStore,
+    end: int,
+    deadline: float,
+    topic: str,
+    stop: threading.Event | None,
+) -> int:
     """Applies records until the consumer's position reaches ``end`` (the high watermark read at the
     start: read committed, the position passes transaction markers and aborted records too)."""
     records = 0
@@ -129,6 +143,8 @@ def _read_to(consumer: Consumer, store: PartitionStore, end: int, deadline: floa
     while position < end:
         if time.monotonic() > deadline:
             raise BrokerError(f"restoring {topic}[{store.partition}] did not reach offset {end} in time")
+        if stop is not None and stop.is_set():
+            raise BrokerError(f"restoring {topic}[{store.partition}] stopped: the worker is stopping")
         for msg in consumer.consume(RESTORE_BATCH, 0.1):
             error = msg.error()
             if error is not None:

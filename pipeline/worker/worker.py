@@ -378,7 +378,12 @@ class Worker:
             while not self._closing.is_set():
                 try:
                     done = restore(
-                        self.settings.broker, client_config(), self.topics.datastore, store, STATE_TIMEOUT
+                        self.settings.broker,
+                        client_config(),
+                        self.topics.datastore,
+                        store,
+                        STATE_TIMEOUT,
+                        self._closing,
                     )
                     break
                 except BrokerError as exc:
