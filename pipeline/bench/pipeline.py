@@ -1,13 +1,18 @@
-"""``scriptforge bench pipeline``: ScriptForge's round trip and throughput beside a bare Kafka echo.
+"""``scriptforge bench pipeline``: ScriptForge's round trip and throughput, exactly-once and
+at-least-once, beside a bare Kafka echo.
 
-Both are measured in one run, against the same broker, by the same load generator and the same reply
+All are measured in one run, against the same broker, by the same load generator and the same reply
 reader, so only the thing answering differs:
 
 - **echo**: a separate process running a confluent-kafka consumer→producer loop that does no work: it
   consumes a request topic with the invocations topic's partition count and produces each request's
   bytes to the reply topic named in its header, keyed by the call id of its header (as a worker does);
-- **ScriptForge**: one ``scriptforge worker`` subprocess running a routing script deployed under
-  several names (so lanes run in parallel), replying by call id.
+- **ScriptForge**, once per processing guarantee (``--guarantees``, default
+  ``exactly_once,at_least_once``): one ``scriptforge worker`` subprocess with
+  SCRIPTFORGE_PROCESSING_GUARANTEE set to it, its own topic prefix and data directory, running a
+  routing script deployed under several names (so lanes run in parallel), replying by call id. The
+  workers run one after the other, never two at once: each one is started, measured and stopped
+  before the next is started.
 
 The load generator is :class:`pipeline.client.client.InvocationClient` itself (its producer, its ``send`` with
 the request headers, its reply topic and consumer settings); only its reply thread is replaced by one
@@ -16,13 +21,19 @@ hot path. Requests are encoded before a phase starts and sent open-loop on a fix
 is measured from each request's *scheduled* send time to its reply's arrival, so a stall delays the
 clock of every request queued behind it (no coordinated omission).
 
-Phases, for each of the two: a fixed-rate phase (``--rate`` for ``--seconds``: p50/p99/max, lost) and a
-ramp (``--ramp`` rates for ``--ramp-seconds`` each; a step is sustainable when every request got an ok
-reply and its p99 stayed under ``--p99-limit-ms``; the maximum sustainable rate is the last such step
-before the first that is not). One JSON line on stdout, a summary on stderr; exit 1 if any request of
-any phase got no reply at all (after a final drain), else 0, whether the targets are met or not.
+Phases: a fixed-rate phase (``--rate`` for ``--seconds``: p50/p99/max, lost) and a ramp (``--ramp``
+rates for ``--ramp-seconds`` each; a step is sustainable when every request got an ok reply and its
+p99 stayed under ``--p99-limit-ms``; the maximum sustainable rate is the last such step before the
+first that is not). For each guarantee in turn, its worker is started and its fixed phase runs in
+``--rounds`` rounds alternating with the echo's (echo, ScriptForge, echo, ...), then its ramp, then
+its drain (below), then the worker stops. The echo runs throughout: its fixed phase is all its rounds
+(``--rounds`` beside each guarantee) pooled, and its ramp runs once, last, with no worker running.
+Ratios are each guarantee's to the echo and exactly-once's to at-least-once. One JSON line on stdout
+(each guarantee's figures under ``sf``, keyed by guarantee), a summary on stderr; exit 1 if any
+request of any phase got no reply at all (after a final drain), else 0, whether the targets are met
+or not.
 
-Then, for ScriptForge only, the worker's own capacity (``--drain N``): the worker is stopped, N requests
+Then, for each ScriptForge worker, its own capacity (``--drain N``): the worker is stopped, N requests
 are produced into the topic at once, a fresh worker is started on them, and its replies are timed from
 the first to the last (start-up excluded) while the load generator only reads replies. The open-loop
 ramp measures what the whole machine sustains with the load generator sharing its cores; the drain
@@ -31,9 +42,11 @@ measures what one worker does when it has the cores it can get.
 Each phase also reports CPU ms per request by component (load generator, broker, worker, sandboxes,
 the whole machine) from /proc (``pipeline.bench.cpu``).
 
-``--profile-worker FILE`` runs the worker under cProfile (writes FILE when it stops); the reply
-breakdown (``sf_breakdown``) uses the worker's own timestamps in each reply (received, started,
-finished) to show where the time goes between the scheduled send and the reply's arrival.
+``--profile-worker FILE`` runs each worker under cProfile, into FILE with its guarantee in the name
+(``worker.prof``: ``worker.exactly_once.prof``; the drain's fresh worker into
+``worker.exactly_once.drain.prof``), written when it stops; the reply breakdown (``breakdown`` of each
+guarantee) uses the worker's own timestamps in each reply (received, started, finished) to show where
+the time goes between the scheduled send and the reply's arrival.
 """
 
 from __future__ import annotations
@@ -65,7 +78,7 @@ from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_c
 from pipeline.bench.figures import percentile
 from pipeline.broker.local import probe_kafka, split_host_port
 from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
-from pipeline.errors import BrokerError, CodecError
+from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
@@ -231,6 +244,17 @@ class PhaseDriver:
         self._index: dict[bytes, tuple[Phase, int]] = {}
         self._cursor = 0
         self.unknown = 0
+        self._tags: set[str] = set()
+
+    def _unique(self, tag: str) -> str:
+        """A phase tag not used before by this driver (the call ids are ``tag-seq``): the echo runs the
+        same phases beside each guarantee."""
+        unique, k = tag, 1
+        while unique in self._tags:
+            k += 1
+            unique = f"{tag}.{k}"
+        self._tags.add(unique)
+        return unique
 
     def _match(self) -> None:
         arrivals = self.client.arrivals
@@ -276,7 +300,7 @@ class PhaseDriver:
     def run(self, tag: str, rate: int, seconds: float, wait: float) -> Phase:
         """Send ``rate``/s for ``seconds`` on schedule; wait up to ``wait`` s after for the replies."""
         n = max(1, int(rate * seconds))
-        phase = Phase(tag, rate, seconds, n, latency=[None] * n, values=[None] * n)
+        phase = Phase(self._unique(tag), rate, seconds, n, latency=[None] * n, values=[None] * n)
         requests = self._build(phase)
         send = self.client.send
         interval = 1.0 / rate
@@ -308,7 +332,7 @@ class PhaseDriver:
 
     def backlog(self, tag: str, n: int) -> Phase:
         """Produce ``n`` requests at once, unscheduled (a backlog for a worker started afterwards)."""
-        phase = Phase(tag, n, 1.0, n, latency=[None] * n, values=[None] * n)
+        phase = Phase(self._unique(tag), n, 1.0, n, latency=[None] * n, values=[None] * n)
         send = self.client.send
         for request, payload in self._build(phase):
             send(request, payload)
@@ -411,10 +435,16 @@ def breakdown(phase: Phase, wall_minus_perf: float) -> dict[str, dict[str, float
     return out
 
 
-# ---- the two systems under test ------------------------------------------------------------------
+# ---- the systems under test --------------------------------------------------------------------
+#: the processing guarantees a ScriptForge worker runs with (SCRIPTFORGE_PROCESSING_GUARANTEE)
+GUARANTEES = ("exactly_once", "at_least_once")
+
+
 @dataclass
 class Target:
     name: str
+    #: ScriptForge's processing guarantee (None: the echo)
+    guarantee: str | None = None
     fixed: Phase | None = None  # the fixed rounds pooled (after the final drain)
     fixed_parts: list[Phase] = field(default_factory=list)
     ramp: list[Phase] = field(default_factory=list)
@@ -438,6 +468,8 @@ class Options:
     profile_worker: str | None
     drain: int = 0
     rounds: int = 5
+    #: one ScriptForge worker per guarantee, measured in this order
+    guarantees: list[str] = field(default_factory=lambda: list(GUARANTEES))
 
 
 @dataclass
@@ -462,9 +494,13 @@ def _warm(c: Contender, opts: Options) -> None:
 def _fixed_rounds(contenders: Sequence[Contender], opts: Options) -> None:
     """The fixed-rate phase in ``opts.rounds`` rounds, the systems taking turns (echo, ScriptForge,
     echo, ...), so that a stall of the shared machine lands on both alike instead of on whichever
-    happened to be running; each system's rounds are pooled into its fixed phase."""
+    happened to be running; each system's rounds are pooled into its fixed phase (by ``_settle``)."""
     rounds = max(1, opts.rounds)
-    print(f"fixed {opts.rate}/s for {opts.seconds:g} s each, in {rounds} alternating rounds", file=sys.stderr)
+    names = ", ".join(c.target.name for c in contenders)
+    print(
+        f"fixed {opts.rate}/s for {opts.seconds:g} s each, in {rounds} alternating rounds ({names})",
+        file=sys.stderr,
+    )
     for i in range(rounds):
         for c in contenders:
             part = c.driver.run(f"f{i}", opts.rate, opts.seconds / rounds, wait=opts.grace)
@@ -556,9 +592,34 @@ async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> As
             log.close()
 
 
+def profile_path(file: str | None, guarantee: str, *, drain: bool = False) -> str | None:
+    """Where ``--profile-worker FILE`` puts one worker's profile: FILE with the guarantee (and, for the
+    drain's fresh worker, ``drain``) before its suffix."""
+    if not file:
+        return None
+    path = Path(file)
+    middle = f".{guarantee}.drain" if drain else f".{guarantee}"
+    return str(path.with_name(f"{path.stem}{middle}{path.suffix}"))
+
+
+def sf_prefix(prefix: str, guarantee: str) -> str:
+    """The topic prefix of the ScriptForge worker of ``guarantee`` (``bench1a2b3c4d-exactly-once``)."""
+    return f"{prefix}-{guarantee.replace('_', '-')}"
+
+
 @contextlib.asynccontextmanager
-async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path) -> AsyncIterator[Contender]:
-    settings = dataclasses.replace(base, topic_prefix=prefix, metrics_port=0, data_dir=workdir / "data")
+async def _scriptforge(
+    base: Settings, prefix: str, opts: Options, workdir: Path, guarantee: str
+) -> AsyncIterator[Contender]:
+    """A ScriptForge worker of ``guarantee``, deployed, started and answering; stopped on exit."""
+    workdir = workdir / guarantee
+    settings = dataclasses.replace(
+        base,
+        topic_prefix=sf_prefix(prefix, guarantee),
+        metrics_port=0,
+        data_dir=workdir / "data",
+        processing_guarantee=guarantee,
+    )
     names = [f"route{i}" for i in range(opts.scripts)]
     registry = ScriptRegistry(settings)
     await asyncio.to_thread(registry.start)
@@ -569,8 +630,18 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
         registry.close()
     # metrics_port is 0 in these settings: the worker serves no metrics port during the bench
     env = {**os.environ, **dataclasses.replace(settings, sandbox_processes=opts.sandbox_processes).to_env()}
-    profile = ["-m", "cProfile", "-o", opts.profile_worker] if opts.profile_worker else []
-    cmd = [sys.executable, *profile, "-m", "pipeline", "worker"]
+
+    def command(profile: str | None) -> list[str]:
+        return [
+            sys.executable,
+            *(["-m", "cProfile", "-o", profile] if profile else []),
+            "-m",
+            "pipeline",
+            "worker",
+        ]
+
+    cmd = command(profile_path(opts.profile_worker, guarantee))
+    drain_cmd = command(profile_path(opts.profile_worker, guarantee, drain=True))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "worker.log"
     log = log_path.open("wb")
@@ -579,11 +650,11 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
 
     def stop() -> None:
         assert contender is not None
-        _stop(contender.proc)
+        _stop(contender.proc, timeout=30.0 if opts.profile_worker else 15.0)
 
     def start() -> subprocess.Popen[bytes]:
         assert contender is not None
-        contender.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        contender.proc = subprocess.Popen(drain_cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         return contender.proc
 
     try:
@@ -592,14 +663,15 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
             sandboxes = functools.partial(descendants_cpu_s, proc.pid)
             meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
             driver = PhaseDriver(client, names, opts.timeout_ms, meter)
-            target = Target("scriptforge")
+            target = Target(f"ScriptForge {guarantee}", guarantee=guarantee)
+            target.extra["topic_prefix"] = settings.topic_prefix
             try:
                 target.extra["startup_s"] = round(
                     await asyncio.to_thread(driver.warm_up, 90.0, lambda: proc.poll() is None), 2
                 )
             except RuntimeError as exc:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the worker did not answer: {exc}\n{tail}") from None
+                raise RuntimeError(f"the {guarantee} worker did not answer: {exc}\n{tail}") from None
             contender = Contender(target, driver, proc, check_errors=True, stop=stop, start=start)
             yield contender
             target.extra["client_duplicates"] = client.duplicates
@@ -608,20 +680,26 @@ async def _scriptforge(base: Settings, prefix: str, opts: Options, workdir: Path
         log.close()
 
 
-def _compare(echo: Contender, sf: Contender, opts: Options) -> None:
-    """Both warm; the fixed rate in alternating rounds; then each one's ramp alone (the other idle);
-    then ScriptForge's drain."""
+def _segment(echo: Contender, sf: Contender, opts: Options) -> None:
+    """One guarantee's turn, its worker the only one running: both warm; the fixed rate in rounds
+    alternating with the echo's; its ramp alone (the echo idle); its late replies; its drain."""
     for c in (echo, sf):
         _warm(c, opts)
+    first = len(echo.target.fixed_parts)
     _fixed_rounds([echo, sf], opts)
-    for c in (echo, sf):
-        _ramp(c, opts)
-    for c in (echo, sf):
-        _settle(c, opts)
+    sf.target.extra["echo_rounds"] = (first, len(echo.target.fixed_parts))
+    _ramp(sf, opts)
+    _settle(sf, opts)
     assert sf.target.fixed is not None
     sf.target.extra["breakdown"] = breakdown(sf.target.fixed, time.time() - time.perf_counter())
     if opts.drain:
         sf.target.extra["drain"] = _drain(sf, opts)
+
+
+def _echo_last(echo: Contender, opts: Options) -> None:
+    """The echo's ramp, alone (no worker running), then its late replies and its rounds pooled."""
+    _ramp(echo, opts)
+    _settle(echo, opts)
 
 
 def _drain(c: Contender, opts: Options) -> dict[str, Any]:
@@ -685,8 +763,10 @@ def _delete_prefix(settings: Settings, prefix: str) -> int:
 
 
 # ---- report -------------------------------------------------------------------------------------
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b and b == b and a == a else None
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or a != a or b != b:
+        return None
+    return round(a / b, 2)
 
 
 def _quietest(target: Target) -> float | None:
@@ -695,70 +775,119 @@ def _quietest(target: Target) -> float | None:
     return min(rounds) if rounds else None
 
 
-def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, prefix: str) -> dict[str, Any]:
-    assert echo.fixed is not None and sf.fixed is not None
-    e, s = summarize(echo.fixed), summarize(sf.fixed)
-    all_phases = [echo.fixed, *echo.ramp, sf.fixed, *sf.ramp]
+def _sf_report(sf: Target, echo: Target, e: dict[str, Any], opts: Options) -> dict[str, Any]:
+    """One guarantee's figures, its ratios to the echo and its targets."""
+    assert sf.fixed is not None
+    s = summarize(sf.fixed)
+    phases = [sf.fixed, *sf.ramp]
     drain = sf.extra.get("drain") or {}
-    sent = sum(p.n for p in all_phases) + drain.get("requests", 0)
-    replies = sum(p.replies for p in all_phases) + drain.get("replies", 0)
-    lost = sum(p.missing for p in all_phases) + drain.get("missing", 0)
-    duplicates = sum(p.duplicates for p in all_phases) + drain.get("duplicates", 0)
-    p99_ratio = _ratio(s["p99_ms"], e["p99_ms"])
+    lost = sum(p.missing for p in phases) + drain.get("missing", 0)
     # Each side's quietest round: the broker's young-GC pauses (GC log: 100-260 ms, its GC threads
     # waiting for a core) stall whichever system is running, and a run whose stalls landed on the echo
     # showed a pooled p99 ratio under 1 while ScriptForge's undisturbed tail was 10x the echo's. The
     # target is judged on the quiet rounds; the pooled figures stay for what a caller would see.
     e_quiet, s_quiet = _quietest(echo), _quietest(sf)
     quiet_p99_ratio = _ratio(s_quiet, e_quiet) if e_quiet and s_quiet else None
+    first, end = sf.extra.get("echo_rounds", (0, 0))
+    return {
+        "guarantee": sf.guarantee,
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+        "max_ms": s["max_ms"],
+        # to the echo's fixed phase (all its rounds)
+        "p50_ratio": _ratio(s["p50_ms"], e["p50_ms"]),
+        "p99_ratio": _ratio(s["p99_ms"], e["p99_ms"]),
+        "quiet_p99_ms": s_quiet,
+        "quiet_p99_ratio": quiet_p99_ratio,
+        "max_rate": sf.max_rate,
+        # the ramp's last step was sustainable: the real maximum is higher than measured
+        "max_rate_is_ramp_cap": bool(opts.ramp) and sf.max_rate == opts.ramp[-1],
+        "peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in sf.ramp), default=0.0),
+        # one worker draining a backlog with the load generator idle (None: --drain 0)
+        "drain_rate": drain.get("rate"),
+        "sent": sum(p.n for p in phases) + drain.get("requests", 0),
+        "replies": sum(p.replies for p in phases) + drain.get("replies", 0),
+        "lost": lost,
+        "duplicates": sum(p.duplicates for p in phases) + drain.get("duplicates", 0),
+        "error_replies": sf.errors,
+        "fixed": s,
+        "ramp": [summarize(p) for p in sf.ramp],
+        "breakdown": sf.extra.get("breakdown"),
+        "drain": drain or None,
+        "round_p99_ms": sf.extra.get("round_p99_ms"),
+        # the echo's rounds this guarantee's alternated with
+        "echo_round_p99_ms": [summarize(p)["p99_ms"] for p in echo.fixed_parts[first:end]],
+        "targets": {
+            "p99_within_2x_echo": quiet_p99_ratio is not None and quiet_p99_ratio <= 2.0,
+            "none_lost": lost == 0,
+            "max_rate_at_least_5000": sf.max_rate >= 5000,
+        },
+        "topic_prefix": sf.extra.get("topic_prefix"),
+        "worker_startup_s": sf.extra.get("startup_s"),
+        "profile_worker": profile_path(opts.profile_worker, sf.guarantee or ""),
+    }
+
+
+def _compare_guarantees(eo: dict[str, Any] | None, alo: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Exactly-once's figures over at-least-once's (None unless both ran)."""
+    if eo is None or alo is None:
+        return None
+    eo_cpu, alo_cpu = eo["fixed"]["cpu_ms_per_request"] or {}, alo["fixed"]["cpu_ms_per_request"] or {}
+    return {
+        "p50_ratio": _ratio(eo["p50_ms"], alo["p50_ms"]),
+        "p99_ratio": _ratio(eo["p99_ms"], alo["p99_ms"]),
+        "max_ratio": _ratio(eo["max_ms"], alo["max_ms"]),
+        "quiet_p99_ratio": _ratio(eo["quiet_p99_ms"], alo["quiet_p99_ms"]),
+        "max_rate_ratio": _ratio(eo["max_rate"], alo["max_rate"]),
+        "peak_replies_per_s_ratio": _ratio(eo["peak_replies_per_s"], alo["peak_replies_per_s"]),
+        "drain_rate_ratio": _ratio(eo["drain_rate"], alo["drain_rate"]),
+        "cpu_ms_per_request_ratio": {k: _ratio(v, alo_cpu.get(k)) for k, v in eo_cpu.items()},
+    }
+
+
+def build_report(
+    echo: Target, sfs: Sequence[Target], opts: Options, settings: Settings, prefix: str
+) -> dict[str, Any]:
+    assert echo.fixed is not None
+    e = summarize(echo.fixed)
+    sf = {t.guarantee or t.name: _sf_report(t, echo, e, opts) for t in sfs}
+    echo_phases = [echo.fixed, *echo.ramp]
+    sent = sum(p.n for p in echo_phases) + sum(r["sent"] for r in sf.values())
+    replies = sum(p.replies for p in echo_phases) + sum(r["replies"] for r in sf.values())
+    echo_lost = sum(p.missing for p in echo_phases)
+    lost = echo_lost + sum(r["lost"] for r in sf.values())
+    duplicates = sum(p.duplicates for p in echo_phases) + sum(r["duplicates"] for r in sf.values())
     return {
         "benchmark": "pipeline",
         "rate": opts.rate,
         "seconds": opts.seconds,
+        "guarantees": [t.guarantee for t in sfs],
         "echo_p50_ms": e["p50_ms"],
         "echo_p99_ms": e["p99_ms"],
         "echo_max_ms": e["max_ms"],
-        "sf_p50_ms": s["p50_ms"],
-        "sf_p99_ms": s["p99_ms"],
-        "sf_max_ms": s["max_ms"],
-        "p50_ratio": _ratio(s["p50_ms"], e["p50_ms"]),
-        "p99_ratio": p99_ratio,
-        "echo_quiet_p99_ms": e_quiet,
-        "sf_quiet_p99_ms": s_quiet,
-        "quiet_p99_ratio": quiet_p99_ratio,
+        "echo_quiet_p99_ms": _quietest(echo),
         "echo_max_rate": echo.max_rate,
-        "sf_max_rate": sf.max_rate,
-        # the ramp's last step was sustainable: the real maximum is higher than measured
         "echo_max_rate_is_ramp_cap": bool(opts.ramp) and echo.max_rate == opts.ramp[-1],
-        "sf_max_rate_is_ramp_cap": bool(opts.ramp) and sf.max_rate == opts.ramp[-1],
-        "sf_peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in sf.ramp), default=0.0),
-        # one worker draining a backlog with the load generator idle (None: --drain 0)
-        "sf_drain_rate": drain.get("rate"),
         "echo_peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in echo.ramp), default=0.0),
+        # ScriptForge, by processing guarantee, in the order measured
+        "sf": sf,
+        "exactly_once_to_at_least_once": _compare_guarantees(sf.get("exactly_once"), sf.get("at_least_once")),
         "sent": sent,
         "replies": replies,
         "lost": lost,
+        "echo_lost": echo_lost,
         "duplicates": duplicates,
-        "sf_error_replies": sf.errors,
         "echo_fixed": e,
-        "sf_fixed": s,
         "echo_ramp": [summarize(p) for p in echo.ramp],
-        "sf_ramp": [summarize(p) for p in sf.ramp],
-        "sf_breakdown": sf.extra.get("breakdown"),
-        "sf_drain": drain or None,
         "echo_round_p99_ms": echo.extra.get("round_p99_ms"),
-        "sf_round_p99_ms": sf.extra.get("round_p99_ms"),
-        "targets": {
-            "p99_within_2x_echo": quiet_p99_ratio is not None and quiet_p99_ratio <= 2.0,
-            "none_lost": lost == 0,
-            "sf_max_rate_at_least_5000": sf.max_rate >= 5000,
-        },
+        "targets": {"none_lost": lost == 0},
         "settings": {
             "broker": settings.broker,
             "topic_prefix": prefix,
             "partitions": settings.partitions,
             "scripts": opts.scripts,
             "sandbox_processes": opts.sandbox_processes or "worker default (SandboxPool: cores + 2)",
+            "commit_interval_ms": settings.commit_interval_ms,
             "ramp": opts.ramp,
             "ramp_seconds": opts.ramp_seconds,
             "p99_limit_ms": opts.p99_limit_ms,
@@ -770,60 +899,115 @@ def build_report(echo: Target, sf: Target, opts: Options, settings: Settings, pr
                 "InvocationClient (SplitProducer: linger.ms 0, 1 under load; acks all, idempotent; "
                 "reply fetch.wait.max.ms 10)"
             ),
-            "worker_startup_s": sf.extra.get("startup_s"),
             "profile_worker": opts.profile_worker,
             "rounds": opts.rounds,
         },
         "cores": os.cpu_count(),
-        "note": "load generator, echo/worker, sandbox processes and broker share these cores",
+        "note": (
+            "load generator, echo/worker, sandbox processes and broker share these cores; the workers "
+            "of the guarantees ran one after the other, never two at once"
+        ),
     }
 
 
 def format_report(r: dict[str, Any]) -> str:
-    t = r["targets"]
-
     def mark(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
+    sf: dict[str, dict[str, Any]] = r["sf"]
+    width = max((len(g) for g in sf), default=0)
     lines = [
         f"pipeline bench on {r['cores']} cores (load generator, worker, sandboxes, broker all share them)",
-        f"at {r['rate']} req/s for {r['seconds']:g} s each, in {r['settings']['rounds']} alternating rounds"
-        " (open loop, latency from the scheduled send):",
-        f"  bare Kafka echo   p50 {r['echo_p50_ms']:7.2f} ms  p99 {r['echo_p99_ms']:7.2f} ms"
-        f"  max {r['echo_max_ms']:7.2f} ms",
-        f"  ScriptForge       p50 {r['sf_p50_ms']:7.2f} ms  p99 {r['sf_p99_ms']:7.2f} ms"
-        f"  max {r['sf_max_ms']:7.2f} ms",
-        f"  p99 by round      echo {r['echo_round_p99_ms']}, ScriptForge {r['sf_round_p99_ms']}",
-        f"  ratio             p50 {r['p50_ratio']}x  p99 {r['p99_ratio']}x  quietest rounds' p99"
-        f" {r['sf_quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {r['quiet_p99_ratio']}x"
-        f"   (target p99 <= 2x, quietest rounds: {mark(t['p99_within_2x_echo'])})",
-        f"max sustainable rate (p99 <= {r['settings']['p99_limit_ms']:g} ms, all answered): "
-        f"echo {r['echo_max_rate']}/s (peak {r['echo_peak_replies_per_s']}/s), "
-        f"ScriptForge {r['sf_max_rate']}/s (peak {r['sf_peak_replies_per_s']}/s)"
-        f"   (target >= 5000/s: {mark(t['sf_max_rate_at_least_5000'])})",
-        f"sent {r['sent']}, replies {r['replies']}, lost {r['lost']}, duplicates {r['duplicates']}"
-        f"   (target none lost: {mark(t['none_lost'])})",
+        f"at {r['rate']} req/s for {r['seconds']:g} s each, in {r['settings']['rounds']} rounds per guarantee"
+        " alternating with the echo's, one worker at a time (open loop, latency from the scheduled send):",
+        f"  {'bare Kafka echo':<{width + 12}}   p50 {r['echo_p50_ms']:7.2f} ms"
+        f"  p99 {r['echo_p99_ms']:7.2f} ms  max {r['echo_max_ms']:7.2f} ms",
     ]
-    for name, key in (("echo", "echo_fixed"), ("ScriptForge", "sf_fixed")):
-        cpu = r[key].get("cpu_ms_per_request") or {}
+    for g, s in sf.items():
+        lines.append(
+            f"  ScriptForge {g:<{width}}   p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms"
+            f"  max {s['max_ms']:7.2f} ms"
+        )
+    for g, s in sf.items():
+        lines.append(f"  p99 by round, {g}: ScriptForge {s['round_p99_ms']}, echo {s['echo_round_p99_ms']}")
+    for g, s in sf.items():
+        lines.append(
+            f"  ratio {g} / echo: p50 {s['p50_ratio']}x  p99 {s['p99_ratio']}x  quietest rounds' p99"
+            f" {s['quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {s['quiet_p99_ratio']}x"
+            f"   (target p99 <= 2x, quietest rounds: {mark(s['targets']['p99_within_2x_echo'])})"
+        )
+    c = r["exactly_once_to_at_least_once"]
+    if c:
+        eo, alo = sf["exactly_once"], sf["at_least_once"]
+        lines.append(
+            f"  ratio exactly_once / at_least_once: p50 {c['p50_ratio']}x  p99 {c['p99_ratio']}x"
+            f"  quietest rounds' p99 {eo['quiet_p99_ms']} / {alo['quiet_p99_ms']} ms"
+            f" = {c['quiet_p99_ratio']}x"
+        )
+    rates = ", ".join(
+        f"ScriptForge {g} {s['max_rate']}/s (peak {s['peak_replies_per_s']}/s)" for g, s in sf.items()
+    )
+    marks = ", ".join(f"{g} {mark(s['targets']['max_rate_at_least_5000'])}" for g, s in sf.items())
+    lines.append(
+        f"max sustainable rate (p99 <= {r['settings']['p99_limit_ms']:g} ms, all answered): "
+        f"echo {r['echo_max_rate']}/s (peak {r['echo_peak_replies_per_s']}/s), {rates}"
+        f"   (target >= 5000/s: {marks})"
+    )
+    if c:
+        lines.append(
+            f"  ratio exactly_once / at_least_once: max sustainable rate {c['max_rate_ratio']}x,"
+            f" peak {c['peak_replies_per_s_ratio']}x, drain {c['drain_rate_ratio']}x"
+        )
+    by_system = ", ".join([f"echo {r['echo_lost']}", *(f"{g} {s['lost']}" for g, s in sf.items())])
+    lines.append(
+        f"sent {r['sent']}, replies {r['replies']}, lost {r['lost']} ({by_system}),"
+        f" duplicates {r['duplicates']}"
+        f"   (target none lost: {mark(r['targets']['none_lost'])})"
+    )
+    cpu_lines = [("echo", r["echo_fixed"])] + [(f"ScriptForge {g}", s["fixed"]) for g, s in sf.items()]
+    for name, fixed in cpu_lines:
+        cpu = fixed.get("cpu_ms_per_request") or {}
         if cpu:
             parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "cores_busy")
             busy = cpu["cores_busy"]
             lines.append(f"{name} CPU ms per request at {r['rate']}/s: {parts} ({busy} cores busy)")
-    drain = r.get("sf_drain")
-    if drain:
-        cpu = ", ".join(f"{k} {v}" for k, v in drain["cpu_ms_per_request"].items() if k != "cores_busy")
-        lines.append(
-            f"worker capacity: a backlog of {drain['requests']} drained by one worker at {drain['rate']}/s"
-            f" ({drain['replies']} replies in {drain['seconds']} s, load generator idle; CPU ms per request:"
-            f" {cpu})"
-        )
-    if r["sf_error_replies"]:
-        lines.append(f"ScriptForge error replies: {r['sf_error_replies']}")
-    if r["sf_breakdown"]:
-        parts = ", ".join(f"{k} {v['p50_ms']}/{v['p99_ms']}" for k, v in r["sf_breakdown"].items())
-        lines.append(f"ScriptForge round trip by part, p50/p99 ms (worker clock, 1 ms steps): {parts}")
+    if c and c["cpu_ms_per_request_ratio"]:
+        parts = ", ".join(f"{k} {v}x" for k, v in c["cpu_ms_per_request_ratio"].items() if k != "cores_busy")
+        lines.append(f"  ratio exactly_once / at_least_once, CPU ms per request at {r['rate']}/s: {parts}")
+    for g, s in sf.items():
+        drain = s["drain"]
+        if drain:
+            cpu_text = ", ".join(
+                f"{k} {v}" for k, v in drain["cpu_ms_per_request"].items() if k != "cores_busy"
+            )
+            lines.append(
+                f"worker capacity, {g}: a backlog of {drain['requests']} drained by one worker at"
+                f" {drain['rate']}/s ({drain['replies']} replies in {drain['seconds']} s,"
+                f" load generator idle; CPU ms per request: {cpu_text})"
+            )
+    for g, s in sf.items():
+        if s["error_replies"]:
+            lines.append(f"ScriptForge {g} error replies: {s['error_replies']}")
+    for g, s in sf.items():
+        if s["breakdown"]:
+            parts = ", ".join(f"{k} {v['p50_ms']}/{v['p99_ms']}" for k, v in s["breakdown"].items())
+            lines.append(
+                f"ScriptForge {g} round trip by part, p50/p99 ms (worker clock, 1 ms steps): {parts}"
+            )
     return "\n".join(lines)
+
+
+def guarantees(text: str | None) -> list[str]:
+    """``--guarantees``: comma-separated, each once, each one of GUARANTEES (None: all of them)."""
+    if text is None:
+        return list(GUARANTEES)
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in out if x not in GUARANTEES]
+    if unknown or not out or len(set(out)) != len(out):
+        raise UsageError(
+            f"--guarantees {text!r}: give each of {', '.join(GUARANTEES)} at most once, comma-separated"
+        )
+    return out
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -842,23 +1026,26 @@ def options(args: argparse.Namespace) -> Options:
         profile_worker=getattr(args, "profile_worker", None),
         drain=int(getattr(args, "drain", 0) or 0),
         rounds=int(getattr(args, "rounds", 5) or 1),
+        guarantees=guarantees(getattr(args, "guarantees", None)),
     )
 
 
 async def _bench(opts: Options, settings: Settings) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    sfs: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            async with (
-                _echo(settings, prefix, opts, workdir) as echo,
-                _scriptforge(settings, prefix, opts, workdir) as sf,
-            ):
-                await asyncio.to_thread(_compare, echo, sf, opts)
+            async with _echo(settings, prefix, opts, workdir) as echo:
+                for guarantee in opts.guarantees:  # one worker at a time: each stops before the next
+                    async with _scriptforge(settings, prefix, opts, workdir, guarantee) as sf:
+                        await asyncio.to_thread(_segment, echo, sf, opts)
+                    sfs.append(sf.target)
+                await asyncio.to_thread(_echo_last, echo, opts)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(_delete_prefix, settings, prefix)
-    return build_report(echo.target, sf.target, opts, settings, prefix)
+    return build_report(echo.target, sfs, opts, settings, prefix)
 
 
 def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:
