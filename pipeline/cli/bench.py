@@ -1,4 +1,4 @@
-"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr``: benchmarks printing figures and
+"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state``: benchmarks printing figures and
 ratios as JSON."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr"]
+    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state"]
     p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
@@ -68,6 +68,10 @@ def register(subparsers: Any) -> None:
     asr = p.add_argument_group("asr")
     asr.add_argument("--cdrs", type=int, default=20_000, help="CDRs the ASR job aggregates, timed")
     asr.add_argument("--probes", type=int, default=200, help="CDRs timed until their status is visible")
+    state = p.add_argument_group("state")
+    state.add_argument(
+        "--keys", type=int, default=200_000, help="changelog keys restored, timed (0: skip, no broker needed)"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -98,6 +102,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
         report = asr_bench.bench(settings.broker, args.cdrs, args.probes)
         print(asr_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    if args.target == "state":
+        from pipeline.bench import state as state_bench
+
+        report = asyncio.run(state_bench.bench(settings.broker, args.runs, args.keys, args.processes))
+        print(state_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
     from pipeline.bench.pipeline import run_pipeline_bench
