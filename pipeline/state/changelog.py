@@ -16,6 +16,7 @@ never share a store.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -48,7 +49,11 @@ class Slot:
 
     @property
     def name(self) -> str:
-        return f"{socket.gethostname()}-{self.number}"
+        """Unique to this slot of this data directory on this host, and the same for the next worker
+        in it (so its transactional id fences its predecessor's): two workers with data directories
+        of their own both take slot 0, and must not fence each other."""
+        root = hashlib.blake2b(str(self.path.parent.resolve()).encode(), digest_size=4).hexdigest()
+        return f"{socket.gethostname()}-{root}-{self.number}"
 
     def release(self) -> None:
         self._lock.close()
