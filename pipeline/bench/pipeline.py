@@ -910,6 +910,10 @@ def build_report(
     }
 
 
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio}x"
+
+
 def format_report(r: dict[str, Any]) -> str:
     def mark(ok: bool) -> str:
         return "met" if ok else "MISSED"
@@ -932,17 +936,17 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  p99 by round, {g}: ScriptForge {s['round_p99_ms']}, echo {s['echo_round_p99_ms']}")
     for g, s in sf.items():
         lines.append(
-            f"  ratio {g} / echo: p50 {s['p50_ratio']}x  p99 {s['p99_ratio']}x  quietest rounds' p99"
-            f" {s['quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {s['quiet_p99_ratio']}x"
+            f"  ratio {g} / echo: p50 {_x(s['p50_ratio'])}  p99 {_x(s['p99_ratio'])}  quietest rounds' p99"
+            f" {s['quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {_x(s['quiet_p99_ratio'])}"
             f"   (target p99 <= 2x, quietest rounds: {mark(s['targets']['p99_within_2x_echo'])})"
         )
     c = r["exactly_once_to_at_least_once"]
     if c:
         eo, alo = sf["exactly_once"], sf["at_least_once"]
         lines.append(
-            f"  ratio exactly_once / at_least_once: p50 {c['p50_ratio']}x  p99 {c['p99_ratio']}x"
+            f"  ratio exactly_once / at_least_once: p50 {_x(c['p50_ratio'])}  p99 {_x(c['p99_ratio'])}"
             f"  quietest rounds' p99 {eo['quiet_p99_ms']} / {alo['quiet_p99_ms']} ms"
-            f" = {c['quiet_p99_ratio']}x"
+            f" = {_x(c['quiet_p99_ratio'])}"
         )
     rates = ", ".join(
         f"ScriptForge {g} {s['max_rate']}/s (peak {s['peak_replies_per_s']}/s)" for g, s in sf.items()
@@ -954,9 +958,10 @@ def format_report(r: dict[str, Any]) -> str:
         f"   (target >= 5000/s: {marks})"
     )
     if c:
+        drain_ratio = f", drain {_x(c['drain_rate_ratio'])}" if c["drain_rate_ratio"] is not None else ""
         lines.append(
-            f"  ratio exactly_once / at_least_once: max sustainable rate {c['max_rate_ratio']}x,"
-            f" peak {c['peak_replies_per_s_ratio']}x, drain {c['drain_rate_ratio']}x"
+            f"  ratio exactly_once / at_least_once: max sustainable rate {_x(c['max_rate_ratio'])},"
+            f" peak {_x(c['peak_replies_per_s_ratio'])}{drain_ratio}"
         )
     by_system = ", ".join([f"echo {r['echo_lost']}", *(f"{g} {s['lost']}" for g, s in sf.items())])
     lines.append(
@@ -972,7 +977,9 @@ def format_report(r: dict[str, Any]) -> str:
             busy = cpu["cores_busy"]
             lines.append(f"{name} CPU ms per request at {r['rate']}/s: {parts} ({busy} cores busy)")
     if c and c["cpu_ms_per_request_ratio"]:
-        parts = ", ".join(f"{k} {v}x" for k, v in c["cpu_ms_per_request_ratio"].items() if k != "cores_busy")
+        parts = ", ".join(
+            f"{k} {_x(v)}" for k, v in c["cpu_ms_per_request_ratio"].items() if k != "cores_busy"
+        )
         lines.append(f"  ratio exactly_once / at_least_once, CPU ms per request at {r['rate']}/s: {parts}")
     for g, s in sf.items():
         drain = s["drain"]

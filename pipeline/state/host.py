@@ -149,7 +149,11 @@ class KafkaSession:
             entry = self._writes[key][0]
             return _MISSING if entry is _MISSING else entry.value
         stored = self._stored(key)
-        if stored is None or stored.expired(self._context.now_ms):
+        if stored is None:
+            return _MISSING
+        if stored.expired(self._context.now_ms):
+            # purged with this run's effects: a tombstone, and the room it took back for the quota
+            self._record(key, _MISSING, True, entry_chars(key, stored.value), 0)
             return _MISSING
         return stored.value
 

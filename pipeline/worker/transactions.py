@@ -32,28 +32,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from pipeline.errors import BrokerError, DeliveryError
+from pipeline.observability.alarms import Summary
 from pipeline.state import datastore as ds
 from pipeline.state.store import PartitionStore
 from pipeline.worker.output import Output, producer_config
 
 log = logging.getLogger(__name__)
+_retries = Summary(log)
 
 #: how long the broker lets a transaction stay open before it aborts it: also how long a dead worker's
 #: open transaction holds back the partitions it wrote (their next owner waits for it to end), unless
 #: the worker comes back first (same transactional id: its open transaction is aborted at once)
 TRANSACTION_TIMEOUT_MS = 5000
 #: how long one transactional call may take before it is tried again
-CALL_TIMEOUT = 10.0
+CALL_TIMEOUT = 5.0
 #: librdkafka waits retry.backoff.ms after CONCURRENT_TRANSACTIONS (the last transaction's markers
 #: still being written): 100 ms by default, which made every transaction cost 107 ms (docs/state.md)
 RETRY_BACKOFF_MS = 1
 RETRY_BACKOFF_MAX_MS = 5
+#: the pause between two tries of a transactional call that failed and may work if tried again
+RETRY_PAUSE = 0.1
+#: how long a transactional call may keep failing before the producer is replaced: past the broker's
+#: transaction timeout, the transaction is aborted there anyway
+STUCK_AFTER = 2 * TRANSACTION_TIMEOUT_MS / 1000
 
 
 class TransactionAborted(BrokerError):
@@ -81,23 +89,21 @@ class Transactions:
         max_record_bytes: int,
         client: dict[str, Any] | None = None,
     ) -> None:
-        self._producer = Producer(
-            {
-                **producer_config(broker, max_record_bytes, client),
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "retry.backoff.ms": RETRY_BACKOFF_MS,
-                "retry.backoff.max.ms": RETRY_BACKOFF_MAX_MS,
-                "linger.ms": 0,
-                # a record that waits for room could land in a later transaction than its siblings
-                "queue.buffering.max.messages": 1_000_000,
-            }
-        )
+        self._config = {
+            **producer_config(broker, max_record_bytes, client),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "retry.backoff.ms": RETRY_BACKOFF_MS,
+            "retry.backoff.max.ms": RETRY_BACKOFF_MAX_MS,
+            "linger.ms": 0,
+            # a record that waits for room could land in a later transaction than its siblings
+            "queue.buffering.max.messages": 1_000_000,
+        }
+        self._broker = broker
+        self._max_record_bytes = max_record_bytes
         self.transactional_id = transactional_id
-        self._output = Output(
-            broker, max_record_bytes=max_record_bytes, producer=self._producer, on_queue_full=self._queue_full
-        )
+        self._producer, self._output = self._make_producer()
         self._fallback = fallback
         self._changelog = changelog
         #: topics the broker is known to have (replies to others go out on the fallback producer)
@@ -122,12 +128,22 @@ class Transactions:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- life cycle --------------------------------------------------------------------------------
+    def _make_producer(self) -> tuple[Producer, Output]:
+        producer = Producer(self._config)
+        output = Output(
+            self._broker,
+            max_record_bytes=self._max_record_bytes,
+            producer=producer,
+            on_queue_full=self._queue_full,
+        )
+        return producer, output
+
     async def start(self, loop: asyncio.AbstractEventLoop, known_topics: set[str]) -> None:
         """Fences any older producer with this id (its open transaction is aborted) and opens the first
         transaction."""
         self._loop = loop
         self._known = set(known_topics)
-        await asyncio.to_thread(self._producer.init_transactions, 30.0)
+        await _retrying("initialising transactions", self._producer.init_transactions, CALL_TIMEOUT)
         self._producer.begin_transaction()
         self._output.start(loop)
 
@@ -255,15 +271,28 @@ class Transactions:
         async with self._lock:
             try:
                 if offsets:
-                    await asyncio.to_thread(
-                        self._producer.send_offsets_to_transaction, offsets, group_metadata, CALL_TIMEOUT
+                    await _retrying(
+                        "adding the offsets to the transaction",
+                        self._producer.send_offsets_to_transaction,
+                        offsets,
+                        group_metadata,
+                        CALL_TIMEOUT,
+                        give_up_after=STUCK_AFTER,
                     )
                 self._seal()
                 if self._poisoned is not None:
                     raise TransactionAborted(self._poisoned)
-                await asyncio.to_thread(self._commit_blocking)
+                await _retrying(
+                    "committing the transaction",
+                    self._producer.commit_transaction,
+                    CALL_TIMEOUT,
+                    give_up_after=STUCK_AFTER,
+                )
             except KafkaException as exc:
                 await self._fail(exc.args[0])
+            except _Stuck as exc:
+                await self._rebuild(str(exc))
+                raise TransactionAborted(f"the transaction was dropped: {exc}") from None
             except TransactionAborted:
                 await self._abort()
                 raise
@@ -277,16 +306,6 @@ class Transactions:
                 self._changelog, ds.marker_key(kafka_key), ds.encode_marker(offset), _ignore, store.partition
             )
 
-    def _commit_blocking(self) -> None:
-        while True:
-            try:
-                self._producer.commit_transaction(CALL_TIMEOUT)
-                return
-            except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
-                log.warning("committing the transaction: %s; trying again", exc.args[0].str())
-
     def _committed(self) -> None:
         for store in self._stores:
             store.committed(self._txn)
@@ -296,7 +315,10 @@ class Transactions:
         self._reopen()
 
     def _reopen(self) -> None:
-        self._producer.begin_transaction()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise TransactionFatal(f"opening the next transaction failed: {exc.args[0].str()}") from None
         self._committing = False
         self._dirty = False
         deferred, self._deferred = self._deferred, []
@@ -304,13 +326,19 @@ class Transactions:
             self._enqueue(produce, report)
 
     async def _fail(self, error: Any) -> None:
-        if error.fatal() or not error.txn_requires_abort():
-            raise TransactionFatal(f"the transactional producer failed for good: {error.str()}")
-        await self._abort()
+        """A transactional call failed in a way trying it again cannot fix: abort (the worker rewinds).
+        A producer librdkafka calls fenced is replaced: no other worker can hold this transactional
+        id (it names a slot this process holds locked), so it means the broker aborted the transaction
+        for its timeout (measured after a broker restart: _FENCED, "fenced by a newer instance")."""
+        if error.fatal():
+            await self._rebuild(f"the transactional producer failed: {error.str()}")
+        else:
+            await self._abort()
         raise TransactionAborted(f"the transaction was aborted: {error.str()}")
 
-    async def _abort(self) -> None:
-        """Undo the open transaction (and what waited for the next): nothing of it reaches the stores."""
+    def _drop(self) -> None:
+        """Forget the open transaction (and what waited for the next): nothing of it reaches the stores,
+        and outputs of runs begun before now are dropped."""
         self.generation += 1
         for store in self._stores | self._next_stores:
             store.discard()
@@ -320,14 +348,40 @@ class Transactions:
         for _, report in deferred:
             report(None)  # never produced: their requests run again
         self._poisoned = None
-        while True:
-            try:
-                await asyncio.to_thread(self._producer.abort_transaction, CALL_TIMEOUT)
-                break
-            except KafkaException as exc:
-                if exc.args[0].fatal() or not exc.args[0].retriable():
-                    raise TransactionFatal(f"aborting the transaction failed: {exc.args[0].str()}") from None
-                log.warning("aborting the transaction: %s; trying again", exc.args[0].str())
+
+    async def _abort(self) -> None:
+        """Undo the open transaction; a producer that cannot abort it is replaced."""
+        self._drop()
+        try:
+            await _retrying(
+                "aborting the transaction",
+                self._producer.abort_transaction,
+                CALL_TIMEOUT,
+                give_up_after=STUCK_AFTER,
+            )
+        except (KafkaException, _Stuck) as exc:
+            await self._rebuild(f"aborting the transaction failed: {exc}")
+            return
+        self._txn += 1
+        self._reopen()
+
+    async def _rebuild(self, why: str) -> None:
+        """Replaces the producer: a new one with the same transactional id fences the old one and
+        aborts its open transaction on the broker. Measured: after a broker restart, librdkafka
+        2.16's transaction coordinator handle stayed unreachable ("TxnCoordinator: Timed out ... 1
+        out-queue") and abort_transaction timed out again and again."""
+        log.warning("replacing the transactional producer: %s", why)
+        self._drop()
+        old_producer, old_output = self._producer, self._output
+        old_producer.purge()
+        await old_output.close()
+        self._producer, self._output = self._make_producer()
+        assert self._loop is not None
+        self._output.start(self._loop)
+        try:
+            await _retrying("initialising transactions", self._producer.init_transactions, CALL_TIMEOUT)
+        except KafkaException as exc:
+            raise TransactionFatal(f"a new transactional producer failed: {exc.args[0].str()}") from None
         self._txn += 1
         self._reopen()
 
@@ -335,6 +389,33 @@ class Transactions:
         """Abort the open transaction from outside (a lost partition: its outputs must not commit)."""
         async with self._lock:
             await self._abort()
+
+
+class _Stuck(Exception):
+    """A transactional call kept failing for STUCK_AFTER seconds although librdkafka said to try again."""
+
+
+async def _retrying(
+    what: str, call: Callable[..., Any], *args: Any, give_up_after: float | None = None
+) -> Any:
+    """Makes a blocking transactional call in a thread, again and again while librdkafka says trying
+    again may work (the broker is unreachable: the broker's transaction timeout then aborts the
+    transaction, and the next try says so); other errors are raised, and _Stuck after
+    ``give_up_after`` seconds of tries."""
+    tries = 0
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
+    while True:
+        try:
+            return await asyncio.to_thread(call, *args)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or error.fatal() or error.txn_requires_abort():
+                raise
+            tries += 1
+            if deadline is not None and time.monotonic() > deadline:
+                raise _Stuck(f"{what}: {error.str()} ({tries} tries)") from None
+            _retries.log(logging.WARNING, what, "%s: %s (try %d); trying again", what, error.str(), tries)
+            await asyncio.sleep(RETRY_PAUSE)
 
 
 def _ignore(_error: Any) -> None:

@@ -12,8 +12,11 @@ dead-letter record inside the handler.
 Ordering and commits: one script's requests run in order (its lane hands them over in order, the
 sandbox runs a batch in order, a crashed run is retried in place), different scripts concurrently;
 each partition's committed offset only covers a contiguous prefix of finished requests
-(``Lanes.advanced``, committed every 200 ms; on revocation the revoked partitions' requests are
-awaited, bounded, and committed synchronously).
+(``Lanes.advanced``, committed every SCRIPTFORGE_COMMIT_INTERVAL_MS; on revocation the revoked
+partitions' requests are awaited, bounded, and committed before they go). In exactly-once mode (the
+default) the outputs and the offsets go through the worker's Kafka transactions
+(:mod:`pipeline.worker.transactions`), and each partition's datastore is restored from its changelog
+before its requests run (:mod:`pipeline.state`).
 
 Crash recovery (:mod:`pipeline.worker.recovery`): a partition whose previous owner died without progress runs
 its backlog one request at a time, and a request that keeps killing the worker is dead-lettered
@@ -92,6 +95,8 @@ LAG_INTERVAL_MS = 5000
 POLL_BATCH = 1000
 #: the consumer thread's longest wait in poll (queued consumer calls wait at most this long)
 POLL_WAIT = 0.05
+#: how long stopping waits for the commit in progress
+STOP_COMMITTER_WAIT = 30.0
 #: how long a transaction's commit waits for the consumer thread to read the group metadata
 GROUP_METADATA_WAIT = 1.0
 #: how long tables (user-space, ASR+) and restores may take before the worker gives up starting
@@ -289,9 +294,14 @@ class Worker:
         self.handler.transactions = self.transactions
 
     async def stop(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
         self._closing.set()
+        if self._committer is not None:
+            # ends after its commit in progress: cancelled inside a transactional call, it would leave
+            # that call running in its thread beside the last commit below (librdkafka refuses that)
+            try:
+                await asyncio.wait_for(self._committer, STOP_COMMITTER_WAIT)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("the committer did not end within %.0f s", STOP_COMMITTER_WAIT)
         if self._poller is not None:
             # the consumer thread finishes and commits the owned partitions, then leaves the group
             await asyncio.to_thread(self._poller.join)
@@ -340,7 +350,10 @@ class Worker:
         except Exception:
             log.exception("the invocations consumer failed")
         finally:
-            consumer.close()
+            try:
+                consumer.close()
+            except Exception as exc:  # KafkaError _DESTROY after a broker loss: the broker drops it anyway
+                log.warning("closing the invocations consumer: %s", exc)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Consumer thread: take the new partitions paused, and plan their crash recovery (it reads the
@@ -613,7 +626,7 @@ class Worker:
 
     async def _commit_periodically(self) -> None:
         interval = self.settings.commit_interval_ms / 1000
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(interval)
             if self.transactions is None:
                 self._commit()
@@ -636,8 +649,14 @@ class Worker:
             self._rewind()
         except TransactionFatal as exc:
             log.critical("%s", exc)
-            if self.failed is not None and not self.failed.done():
-                self.failed.set_exception(exc)
+            self._stop_for(exc)
+        except Exception as exc:  # a state the cycle does not know: stop, and start again from Kafka
+            log.critical("the transaction cycle failed: %s", exc, exc_info=exc)
+            self._stop_for(BrokerError(f"the transaction cycle failed: {exc}"))
+
+    def _stop_for(self, exc: BrokerError) -> None:
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_exception(exc)
 
     def _rewind(self) -> None:
         """After an abort: forget what was taken (its outputs are dropped by generation) and have the

@@ -22,6 +22,7 @@ from pipeline.cli.userspace import ListWriter
 from pipeline.client.client import InvocationClient
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
+from pipeline.state import datastore as ds
 from pipeline.wire.codec import codec
 from pipeline.wire.records import OutboundMessage, RunLog
 from pipeline.wire.topics import Topics
@@ -149,6 +150,11 @@ async def test_time_to_live_measured_from_the_requests_time(
     await asyncio.sleep(1.2)
     (later,) = await _calls(client, deployed["ttl"], [{"op": "get"}])
     assert later.response is None, "an expired key reads as absent"
+    entry = ds.entry_key(ds.entry_prefix("default", deployed["ttl"]), "k")
+    deadline = time.monotonic() + WAIT_S
+    while any(store.get(entry) is not None for store in worker.stores.values()):
+        assert time.monotonic() < deadline, "the expired entry read was never purged"
+        await asyncio.sleep(0.05)
 
 
 async def test_quota_refuses_a_key_too_many_and_keeps_the_others(
