@@ -218,6 +218,9 @@ class InvocationHandler:
         self.stores: dict[int, PartitionStore] = {} if stores is None else stores
         #: exactly-once mode: everything a request leaves goes into the open transaction
         self.transactions = transactions
+        #: whether the worker keeps a store for each partition it owns (False in tests of the handler
+        #: alone: then every partition counts as owned)
+        self.stores_kept = stores is not None
         self.settings = settings
         self.topics = Topics(settings)
         self.registry = registry
@@ -254,7 +257,7 @@ class InvocationHandler:
         """Decode, check the deadline, look the script up: a job to run, or the tail of the reply of a
         request answered without running (None when it has no reply topic)."""
         received = now_ms()
-        if self._answered(msg):
+        if self._answered(msg) or self._gone(msg):
             return None
         at = where(msg.topic, msg.partition, msg.offset)
         try:
@@ -386,8 +389,13 @@ class InvocationHandler:
             if outcome.reason == Reason.CRASH and outcome.process_died:
                 crashed.append(outcome)  # retried in place: a new process may run it
                 return
-            # in the same step of the loop as the reply: the effects and the reply share a transaction
-            self._effects(job.msg, job.context.store, job.context.effects)
+            moved = self._moved(job)
+            if moved and self.transactions is not None:
+                return  # its partition went to another worker while it ran: that one answers it
+            if not moved:
+                # in the same step of the loop as the reply: the effects and the reply share a
+                # transaction
+                self._effects(job.msg, job.context.store, job.context.effects)
             tails[job.index] = self._reply(
                 job.msg, job.request, outcome, definition.version, job.received, started
             )
@@ -439,6 +447,19 @@ class InvocationHandler:
         if self.transactions is None or store is None or msg.key is None:
             return False
         return ds.decode_marker(store.get(ds.marker_key(bytes(msg.key)))) >= msg.offset
+
+    def _gone(self, msg: Any) -> bool:
+        """Whether ``msg``'s partition is no longer this worker's: the worker keeps the store of
+        every partition it owns (restored before the partition's first request), and drops it once
+        the partition is revoked. A request a lane still held then is left to the next owner."""
+        return self.stores_kept and msg.partition not in self.stores
+
+    def _moved(self, job: _Job) -> bool:
+        """Whether ``job``'s partition was revoked (or revoked and assigned again: a new store) while it
+        ran. Its effects must not be written: the next owner restored the partition without them, and
+        runs the request again. In exactly-once mode its reply is dropped too (it would commit beside
+        the next owner's)."""
+        return self.stores_kept and self.stores.get(job.msg.partition) is not job.context.store
 
     def _mark(self, msg: Any) -> None:
         store = self.stores.get(msg.partition)
