@@ -207,3 +207,11 @@ async def test_normal_lanes_resume_only_when_no_isolated_request_is_left(pending
     recovery, tp = _recovery(handler, store, Isolation(until=10, pending=pending))
     lane, _ = recovery.route(_event(10, key=b"s"))
     assert lane == (("isolated", tp) if pending else b"s")
+
+
+def test_in_exactly_once_mode_an_offset_before_the_marker_runs_again_and_leaves_the_marker() -> None:
+    # answered before the marker, but in a transaction that may have died with its worker
+    record = RecoveryRecord(committed=5, running=10, attempts=1, worker="other")
+    step = before_run(record, 7, max_attempts=3, me=ME, answered_counts=False)
+    assert (step.skip, step.write, step.give_up) == (False, False, False)
+    assert step.record.running == 10 and step.record.attempts == 1

@@ -16,7 +16,9 @@ How, with no cost in the steady state:
    (one lane for the whole partition), and before each run a marker ``running=offset`` is written and
    flushed. Since only one request runs, a worker that dies now died of *that* request, and the next
    owner, finding the marker inside its own window, counts one crash against exactly that offset. The
-   offsets before the marker were answered before it was written: they are acked, not run again.
+   offsets before the marker were answered before it was written: they are acked, not run again. (In
+   exactly-once mode an answer counts only once its transaction commits: there they run again, and the
+   marker stays on the request that crashed: ``before_run``'s ``answered_counts``.)
 3. When an offset has crashed its worker ``max_attempts`` times it is not run again: it is dead-lettered
    with reason ``crash`` and answered with an error reply of reason ``crash``, then acked.
 4. Past the window, the partition goes back to parallel lanes. The record is not rewritten then (no extra
@@ -161,14 +163,19 @@ class Step:
     skip: bool = False
 
 
-def before_run(record: RecoveryRecord, offset: int, max_attempts: int, me: str) -> Step:
+def before_run(
+    record: RecoveryRecord, offset: int, max_attempts: int, me: str, *, answered_counts: bool = True
+) -> Step:
     """Mark ``offset`` as running (a new marker must be flushed before the run), or give up on it when
     it has already crashed its worker ``max_attempts`` times, or skip it when it lies before the marker.
 
     Skipping matters: re-running the earlier offsets would move the marker off the request that
-    crashed, and its count would start again at every death."""
+    crashed, and its count would start again at every death. ``answered_counts`` False (exactly-once
+    mode): an answer before the marker may have died with its worker's transaction, so an earlier
+    offset runs again, but leaves the marker where it is (those committed are below the committed
+    offset, outside the window, or skipped by the handler's exactly-once markers)."""
     if record.running is not None and offset < record.running:
-        return Step(record, write=False, give_up=False, skip=True)
+        return Step(record, write=False, give_up=False, skip=answered_counts)
     if record.running == offset:
         # the marker is ours already: counted at assignment (plan_assignment), or a rebalance re-run
         return Step(record, write=record.worker != me, give_up=record.attempts >= max_attempts)
@@ -324,6 +331,9 @@ class Recovery:
     handler: RequestHandler
     group_id: str
     store: RecoveryLog | None = None
+    #: whether an isolated request answered before the marker is done (at-least-once mode); in
+    #: exactly-once mode an answer in a transaction that died with its worker does not count
+    answered_counts: bool = True
     _plans: dict[Any, Isolation | None] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -396,7 +406,9 @@ class Recovery:
             return
         key = partition_key(msg.topic, msg.partition)
         record = self.store.records.get(key) or RecoveryRecord(msg.offset, worker=self.me)
-        step = before_run(record, msg.offset, self.settings.max_attempts, self.me)
+        step = before_run(
+            record, msg.offset, self.settings.max_attempts, self.me, answered_counts=self.answered_counts
+        )
         if step.skip:
             return  # finished: its reply went out before the marker moved past it
         if step.write:

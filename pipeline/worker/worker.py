@@ -292,6 +292,7 @@ class Worker:
         assert self._loop is not None
         await self.transactions.start(self._loop, known)
         self.handler.transactions = self.transactions
+        self.recovery.answered_counts = False
 
     async def stop(self) -> None:
         self._closing.set()
