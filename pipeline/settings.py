@@ -81,10 +81,11 @@ class Settings:
         "transactions, and a request re-run after a crash applies its effects again (docs/state.md)",
     )
     commit_interval_ms: int = _env_field(  # type: ignore[assignment]
-        100,
+        500,
         "SCRIPTFORGE_COMMIT_INTERVAL_MS",
         "how often a worker commits (its transaction in exactly_once, its offsets in at_least_once); "
-        "replies go out at once either way",
+        "replies go out at once either way; a crash runs again at most this much of a worker's work "
+        "(docs/state.md has the measured trade-off)",
     )
     event_loop: str = _env_field(  # type: ignore[assignment]
         "uvloop",
