@@ -202,3 +202,55 @@ def test_cdrs_older_than_the_window_are_not_counted(
     got = wait_for(view, number, lambda f: f["attempts"] >= 1, job)
     # had the old answered call counted, the number would be Valid with 2 attempts
     assert (got["status"], got["attempts"], got["answered"]) == ("Unknown", 1, 0)
+
+
+FAST_FAIL = """
+async function main(d) {
+  const asr = await api.lookup.asrplus(d.routing.dest_number);
+  if (asr.status === 'Invalid') throw [604, 'Does Not Exist Anywhere'];
+  return d;
+}
+"""
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_worker_fast_fails_a_number_the_job_turned_invalid(
+    settings: Settings, job: JobOutput, tmp_path: Path
+) -> None:
+    """The whole path: CDRs → the ASR job → the asrplus topic → a worker's table → a script's
+    api.lookup.asrplus → 604 for the number, while another number still routes."""
+    import asyncio
+
+    from pipeline.client.client import InvocationClient
+    from pipeline.scripts.registry import ScriptRegistry
+    from pipeline.worker.worker import Worker
+
+    number, other = "15550009999", "15550008888"
+    with ScriptRegistry(settings) as registry:
+        registry.deploy("default", "fast_fail", FAST_FAIL)
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        async with InvocationClient(settings.broker, settings) as client:
+
+            async def route(dest: str) -> Any:
+                return await client.invoke("fast_fail", {"routing": {"dest_number": dest}}, timeout_ms=10_000)
+
+            assert (await route(number)).ok, "a number never seen routes"
+            now_s = int(time.time()) - 30
+            path = tmp_path / "failed.csv"
+            path.write_text(
+                "time,dest_number,sip_code,duration_s\n"
+                + "".join(f"{now_s + i},{number},404,0\n" for i in range(3))
+                + f"{now_s},{other},200,12\n"
+            )
+            assert (await asyncio.to_thread(cdr_load, settings, path))["loaded"] == 4
+            deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+            outcome = await route(number)
+            while outcome.ok and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                outcome = await route(number)
+            assert (outcome.code, outcome.message) == (604, "Does Not Exist Anywhere"), job.tail()
+            assert (await route(other)).ok
+    finally:
+        await worker.stop()
