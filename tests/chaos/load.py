@@ -148,6 +148,9 @@ class ReplyReader:
                     "enable.auto.commit": False,
                     "fetch.wait.max.ms": 10,
                     "fetch.min.bytes": 1,
+                    # as the routing engine's client reads them: at once, not when the worker's
+                    # transaction commits (read committed, every reply waited up to a commit interval)
+                    "isolation.level": "read_uncommitted",
                 }
             )
         )
