@@ -21,10 +21,10 @@ from sandbox import asr
 from sandbox.host import HostCallError
 from sandbox.hostcalls import check_value
 from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS, MAX_KEY_CHARS
+from sandbox.session import MISSING, SessionCalls
 from sandbox.types import Invocation, Outcome, Script
 
 DEFAULT_AREA = "default"
-_MISSING: Any = object()
 
 #: (account, list name) or (account, script name)
 Scope = tuple[str, str]
@@ -187,7 +187,7 @@ class LocalHost:
         return LocalSession(self, script, invocation.now_ms)
 
 
-class LocalSession:
+class LocalSession(SessionCalls):
     """One run's host calls. Its account and script are fixed here; every method reaches only them."""
 
     __slots__ = (
@@ -206,7 +206,7 @@ class LocalSession:
         self._now_ms = now_ms
         self._script_scope: Scope = (script.account, script.name)
         self._area = script.env.get("USERSPACE_AREA", DEFAULT_AREA)
-        #: key -> (value or _MISSING, expiry, characters the entry takes)
+        #: key -> (value or MISSING, expiry, characters the entry takes)
         self._writes: dict[str, tuple[Any, float | None, int]] = {}
         self._userspace_writes: list[tuple[str, str, Any]] = []
         # what the buffered writes change in the datastore's size, for the quota
@@ -227,7 +227,7 @@ class LocalSession:
         total = self._host.total_chars.get(scope, 0)
         for key, (value, expires, size) in self._writes.items():
             total -= sizes.pop(key, 0)
-            if value is _MISSING:
+            if value is MISSING:
                 store.pop(key, None)
                 expiry.pop(key, None)
                 continue
@@ -241,18 +241,12 @@ class LocalSession:
         self._host.total_chars[scope] = total
         for area, key, value in self._userspace_writes:
             target = self._host.userspace_list(self.account, area)
-            if value is _MISSING:
+            if value is MISSING:
                 target.pop(key, None)
             else:
                 target[key] = value
 
     # ---- look-ups ---------------------------------------------------------------------------
-    async def userspace_lookup(self, area: str | None, key: str) -> Any:
-        value = self._userspace_value(area or self._area, key)
-        if value is _MISSING:
-            raise HostCallError(404, "Not Found")
-        return value
-
     async def asrplus(self, number: str) -> dict[str, Any]:
         # the window ends at the invocation's time (``scriptforge run --now``), as a script's Date does
         stats = self._host.asr.get(number, AsrStats())
@@ -272,17 +266,17 @@ class LocalSession:
             return self._writes[key][0]
         store = self._host.datastore.get(self._script_scope, {})
         if key not in store:
-            return _MISSING
+            return MISSING
         expires = self._host.expiry.get(self._script_scope, {}).get(key)
         if expires is not None and expires <= time.time():
-            return _MISSING
+            return MISSING
         return store[key]
 
     def _entry(self, key: str) -> tuple[bool, int]:
         """Whether ``key`` exists once the buffered writes apply, and the characters it takes."""
         if key in self._writes:
             value, _, size = self._writes[key]
-            return value is not _MISSING, size
+            return value is not MISSING, size
         sizes = self._host.entry_chars.get(self._script_scope, {})
         return key in sizes, sizes.get(key, 0)
 
@@ -293,15 +287,15 @@ class LocalSession:
         script at the same time (the worker never makes them: a script's runs are sequential) could
         each use the room that is left."""
         existed, old_size = self._entry(key)
-        size = 0 if value is _MISSING else entry_chars(key, value)
-        if value is not _MISSING:
+        size = 0 if value is MISSING else entry_chars(key, value)
+        if value is not MISSING:
             over = self._over_quota(existed, size - old_size)
             if over and self._host.drop_expired(self._script_scope):
                 existed, old_size = self._entry(key)  # expired keys made room: ask again
                 over = self._over_quota(existed, size - old_size)
             if over:
                 raise HostCallError(507, f"Insufficient Storage: a script's datastore holds at most {over}")
-        self._key_delta += (value is not _MISSING) - existed
+        self._key_delta += (value is not MISSING) - existed
         self._size_delta += size - old_size
         self._writes[key] = (value, None if ttl_s is None else time.time() + ttl_s, size)
 
@@ -315,50 +309,18 @@ class LocalSession:
             return f"{MAX_DATASTORE_CHARS} characters"
         return ""
 
-    async def datastore_get(self, key: str) -> Any:
-        value = self._current(key)
-        return None if value is _MISSING else value
-
-    async def datastore_set(self, key: str, value: Any, ttl_s: float | None) -> bool:
+    def _set(self, key: str, value: Any, ttl_s: float | None) -> None:
         self._write(key, value, ttl_s)
-        return True
 
-    async def datastore_incr(self, key: str, by: float, ttl_s: float | None) -> float:
-        current = self._current(key)
-        base = 0 if current is _MISSING or current is None else current
-        if not isinstance(base, int | float) or isinstance(base, bool):
-            raise HostCallError(400, f"datastore value at {key!r} is not a number")
-        value = base + by
-        self._write(key, value, ttl_s)
-        return value
-
-    async def datastore_delete(self, key: str) -> bool:
-        existed = self._current(key) is not _MISSING
-        self._write(key, _MISSING, None)
-        return existed
+    def _remove(self, key: str) -> None:
+        self._write(key, MISSING, None)
 
     # ---- user-space lists (require('cxUserspace')) --------------------------------------------
     def _userspace_value(self, area: str, key: str) -> Any:
         for w_area, w_key, value in reversed(self._userspace_writes):
             if w_area == area and w_key == key:
                 return value
-        return self._host.userspace.get((self.account, area), {}).get(key, _MISSING)
+        return self._host.userspace.get((self.account, area), {}).get(key, MISSING)
 
-    async def userspace_create(self, area: str, key: str, value: Any) -> dict[str, Any]:
+    def _userspace_write(self, area: str, key: str, value: Any) -> None:
         self._userspace_writes.append((area, key, value))
-        return {"key": key, "value": value}
-
-    async def userspace_read(self, area: str, key: str) -> Any:
-        value = self._userspace_value(area, key)
-        return None if value is _MISSING else {"key": key, "value": value}
-
-    async def userspace_update(self, area: str, key: str, value: Any) -> dict[str, Any]:
-        if self._userspace_value(area, key) is _MISSING:
-            raise HostCallError(404, "Not Found")
-        self._userspace_writes.append((area, key, value))
-        return {"key": key, "value": value}
-
-    async def userspace_delete(self, area: str, key: str) -> bool:
-        existed = self._userspace_value(area, key) is not _MISSING
-        self._userspace_writes.append((area, key, _MISSING))
-        return existed

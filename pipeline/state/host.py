@@ -23,9 +23,8 @@ from pipeline.state.store import PartitionStore
 from sandbox.host import HostCallError
 from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS
 from sandbox.local import DEFAULT_AREA, entry_chars
+from sandbox.session import MISSING, SessionCalls
 from sandbox.types import Invocation, Outcome, Script
-
-_MISSING: Any = object()
 
 
 class UserspaceLookup(Protocol):
@@ -71,7 +70,7 @@ class KafkaHost:
         return KafkaSession(self, script, context)
 
 
-class KafkaSession:
+class KafkaSession(SessionCalls):
     """One run's host calls. Its account and script are fixed here; every method reaches only them."""
 
     __slots__ = (
@@ -92,7 +91,7 @@ class KafkaSession:
         self._context = context
         self._area = script.env.get("USERSPACE_AREA", DEFAULT_AREA)
         self._prefix = ds.entry_prefix(script.account, script.name)
-        #: key -> (Entry or _MISSING, characters the entry takes)
+        #: key -> (Entry or MISSING, characters the entry takes)
         self._writes: dict[str, tuple[Any, int]] = {}
         self._userspace_writes: list[tuple[str, str, Any]] = []
         self._size: ds.Size | None = None
@@ -112,23 +111,17 @@ class KafkaSession:
         effects = Effects()
         for key, (entry, _) in self._writes.items():
             record_key = ds.entry_key(self._prefix, key)
-            effects.datastore[record_key] = None if entry is _MISSING else entry.encode()
+            effects.datastore[record_key] = None if entry is MISSING else entry.encode()
         if self._writes:
             size = self._committed_size()
             total = ds.Size(size.keys + self._size_delta.keys, size.chars + self._size_delta.chars)
             effects.datastore[ds.size_key(self._script.account, self._script.name)] = total.encode()
         for area, key, value in self._userspace_writes:
             record_key = us.record_key(self._script.account, area, key)
-            effects.userspace.append((record_key, None if value is _MISSING else us.encode_value(value)))
+            effects.userspace.append((record_key, None if value is MISSING else us.encode_value(value)))
         self._context.effects = effects
 
     # ---- look-ups ----------------------------------------------------------------------------------
-    async def userspace_lookup(self, area: str | None, key: str) -> Any:
-        value = self._userspace_value(area or self._area, key)
-        if value is _MISSING:
-            raise HostCallError(404, "Not Found")
-        return value
-
     async def asrplus(self, number: str) -> dict[str, Any]:
         if self._host.asr is None:
             raise HostCallError(501, "ASR+ is not served by this worker")
@@ -147,14 +140,14 @@ class KafkaSession:
         """The entry's value as this run sees it: its own writes first; an expired entry is absent."""
         if key in self._writes:
             entry = self._writes[key][0]
-            return _MISSING if entry is _MISSING else entry.value
+            return MISSING if entry is MISSING else entry.value
         stored = self._stored(key)
         if stored is None:
-            return _MISSING
+            return MISSING
         if stored.expired(self._context.now_ms):
             # purged with this run's effects: a tombstone, and the room it took back for the quota
-            self._record(key, _MISSING, True, entry_chars(key, stored.value), 0)
-            return _MISSING
+            self._record(key, MISSING, True, entry_chars(key, stored.value), 0)
+            return MISSING
         return stored.value
 
     def _committed_size(self) -> ds.Size:
@@ -168,7 +161,7 @@ class KafkaSession:
         is purged), and the characters it takes."""
         if key in self._writes:
             entry, size = self._writes[key]
-            return entry is not _MISSING, size
+            return entry is not MISSING, size
         stored = self._stored(key)
         if stored is None:
             return False, 0
@@ -178,8 +171,8 @@ class KafkaSession:
         """Buffers a write, refused (507) when it would take the datastore past its quota; expired
         entries are purged (tombstones) to make room first."""
         existed, old_size = self._footprint(key)
-        size = 0 if entry is _MISSING else entry_chars(key, entry.value)
-        if entry is not _MISSING:
+        size = 0 if entry is MISSING else entry_chars(key, entry.value)
+        if entry is not MISSING:
             over = self._over_quota(existed, size - old_size)
             if over and self._purge_expired():
                 existed, old_size = self._footprint(key)
@@ -190,7 +183,7 @@ class KafkaSession:
 
     def _record(self, key: str, entry: Any, existed: bool, old_size: int, size: int) -> None:
         delta = self._size_delta
-        keys = delta.keys + (entry is not _MISSING) - existed
+        keys = delta.keys + (entry is not MISSING) - existed
         self._size_delta = ds.Size(keys, delta.chars + size - old_size)
         self._writes[key] = (entry, size)
 
@@ -212,34 +205,18 @@ class KafkaSession:
             if key in self._writes or not ds.Entry.decode(raw).expired(now):
                 continue
             existed, old_size = self._footprint(key)
-            self._record(key, _MISSING, existed, old_size, 0)
+            self._record(key, MISSING, existed, old_size, 0)
             purged = True
         return purged
 
     def _expiry(self, ttl_s: float | None) -> int | None:
         return None if ttl_s is None else self._context.now_ms + int(ttl_s * 1000)
 
-    async def datastore_get(self, key: str) -> Any:
-        value = self._current(key)
-        return None if value is _MISSING else value
-
-    async def datastore_set(self, key: str, value: Any, ttl_s: float | None) -> bool:
+    def _set(self, key: str, value: Any, ttl_s: float | None) -> None:
         self._write(key, ds.Entry(value, self._expiry(ttl_s)))
-        return True
 
-    async def datastore_incr(self, key: str, by: float, ttl_s: float | None) -> float:
-        current = self._current(key)
-        base = 0 if current is _MISSING or current is None else current
-        if not isinstance(base, int | float) or isinstance(base, bool):
-            raise HostCallError(400, f"datastore value at {key!r} is not a number")
-        value = base + by
-        self._write(key, ds.Entry(value, self._expiry(ttl_s)))
-        return value
-
-    async def datastore_delete(self, key: str) -> bool:
-        existed = self._current(key) is not _MISSING
-        self._write(key, _MISSING)
-        return existed
+    def _remove(self, key: str) -> None:
+        self._write(key, MISSING)
 
     # ---- user-space lists (require('cxUserspace')) -------------------------------------------------
     def _userspace_value(self, area: str, key: str) -> Any:
@@ -247,8 +224,8 @@ class KafkaSession:
             if w_area == area and w_key == key:
                 return value
         if self._host.userspace is None:
-            return _MISSING
-        return self._host.userspace.get(self._script.account, area, key, _MISSING)
+            return MISSING
+        return self._host.userspace.get(self._script.account, area, key, MISSING)
 
     def _userspace_write(self, area: str, key: str, value: Any) -> None:
         try:
@@ -256,22 +233,3 @@ class KafkaSession:
         except ValueError as exc:
             raise HostCallError(400, str(exc)) from None
         self._userspace_writes.append((area, key, value))
-
-    async def userspace_create(self, area: str, key: str, value: Any) -> dict[str, Any]:
-        self._userspace_write(area, key, value)
-        return {"key": key, "value": value}
-
-    async def userspace_read(self, area: str, key: str) -> Any:
-        value = self._userspace_value(area, key)
-        return None if value is _MISSING else {"key": key, "value": value}
-
-    async def userspace_update(self, area: str, key: str, value: Any) -> dict[str, Any]:
-        if self._userspace_value(area, key) is _MISSING:
-            raise HostCallError(404, "Not Found")
-        self._userspace_write(area, key, value)
-        return {"key": key, "value": value}
-
-    async def userspace_delete(self, area: str, key: str) -> bool:
-        existed = self._userspace_value(area, key) is not _MISSING
-        self._userspace_write(area, key, _MISSING)
-        return existed
