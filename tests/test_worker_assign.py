@@ -106,3 +106,30 @@ async def test_backpressure_resume_leaves_a_partition_being_planned_paused() -> 
     gate.set()
     await asyncio.to_thread(_run_ops, worker, consumer)
     assert consumer.paused == set()
+
+
+async def test_a_partition_revoked_while_its_store_is_restored_gets_no_recovery_plan() -> None:
+    """Planned, it would leave a recovery record saying this worker held it without progress, and
+    its next owner would count a crash (pipeline/worker/recovery.py)."""
+    restoring, planned = threading.Event(), threading.Event()
+    worker, consumer = _worker(planned), FakeConsumer()
+    planned.set()
+    asked: list[list[TP]] = []
+    plan = worker.recovery.plan
+
+    def restore(tps: list[TP]) -> dict[int, Any]:
+        restoring.wait(5)  # held until the test has revoked partition 2
+        return {}
+
+    def recorded_plan(tps: list[TP]) -> dict[TP, Any]:
+        asked.append(list(tps))
+        return plan(tps)
+
+    worker._restore = restore  # type: ignore[method-assign]
+    worker.recovery.plan = recorded_plan  # type: ignore[method-assign]
+    worker._loop = asyncio.get_running_loop()
+    await asyncio.to_thread(worker._on_assign, consumer, _parts(1, 2))  # type: ignore[arg-type]
+    await asyncio.to_thread(worker._on_revoke, consumer, _parts(2))  # type: ignore[arg-type]
+    restoring.set()
+    await asyncio.to_thread(_run_ops, worker, consumer)
+    assert asked == [[TP(TOPIC, 1)]]

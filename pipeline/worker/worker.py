@@ -378,7 +378,12 @@ class Worker:
         """The planner's thread: the stores restored and the plan (which never raises: a partition it
         cannot check runs unguarded), then ``_planned`` on the consumer thread."""
         stores = self._restore(tps)
-        plans = self.recovery.plan(tps)
+        # a partition revoked while its store was restored is not planned: its recovery record would
+        # say this worker held it without progress, and its next owner would count that as a crash
+        # (measured: a worker waiting out a dead one's transaction, then giving the partition back,
+        # sent its next owner into running the backlog one request at a time)
+        kept = [tp for tp in tps if self._planning.get(tp) == number]
+        plans = self.recovery.plan(kept)
         self._ops.append(functools.partial(self._planned, plans, stores, tps, number, began))
 
     def _restore(self, tps: list[TP]) -> dict[int, PartitionStore]:
