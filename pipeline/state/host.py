@@ -109,13 +109,21 @@ class KafkaSession(SessionCalls):
         if not outcome.ok or not (self._writes or self._userspace_writes):
             return
         effects = Effects()
-        for key, (entry, _) in self._writes.items():
-            record_key = ds.entry_key(self._prefix, key)
-            effects.datastore[record_key] = None if entry is MISSING else entry.encode()
         if self._writes:
-            size = self._committed_size()
-            total = ds.Size(size.keys + self._size_delta.keys, size.chars + self._size_delta.chars)
-            effects.datastore[ds.size_key(self._script.account, self._script.name)] = total.encode()
+            # the size is counted again against the store as it is now, not as the run first saw
+            # it: the TTL sweep (pipeline/state/sweep.py) may have removed entries meanwhile
+            size_key = ds.size_key(self._script.account, self._script.name)
+            size = ds.Size.decode(self._store.get(size_key))
+            keys, chars = size.keys, size.chars
+            for key, (entry, new_chars) in self._writes.items():
+                record_key = ds.entry_key(self._prefix, key)
+                stored = self._stored(key)
+                if stored is not None:
+                    keys, chars = keys - 1, chars - entry_chars(key, stored.value)
+                if entry is not MISSING:
+                    keys, chars = keys + 1, chars + new_chars
+                effects.datastore[record_key] = None if entry is MISSING else entry.encode()
+            effects.datastore[size_key] = ds.Size(keys, chars).encode()
         for area, key, value in self._userspace_writes:
             record_key = us.record_key(self._script.account, area, key)
             effects.userspace.append((record_key, None if value is MISSING else us.encode_value(value)))

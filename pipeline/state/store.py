@@ -58,10 +58,11 @@ class PartitionStore:
         value = self._db.get(key)
         return None if value is None else bytes(value)
 
-    def committed_items(self, prefix: bytes) -> Iterable[tuple[bytes, bytes]]:
-        """The committed entries whose key starts with ``prefix`` (for sweeps and tests)."""
+    def committed_items(self, prefix: bytes, start: bytes | None = None) -> Iterable[tuple[bytes, bytes]]:
+        """The committed entries whose key starts with ``prefix``, in key order, from ``start`` (a key
+        at or after ``prefix``) or from the first."""
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(start or prefix)
         while it.valid():
             key = bytes(it.key())
             if not key.startswith(prefix):

@@ -474,15 +474,23 @@ class InvocationHandler:
         if effects is None:
             return
         if store is not None and effects.datastore:
-            if self.transactions is not None:
-                self.transactions.effects(store, effects.datastore, generation=getattr(msg, "generation", 0))
-            else:
-                store.stage(0, effects.datastore)
-                store.committed(0)
-                for key, value in effects.datastore.items():
-                    self.output.send_then(self.topics.datastore, key, value, _ignore, store.partition)
+            self.write_state(store, effects.datastore, getattr(msg, "generation", 0))
         for key, value in effects.userspace:
             self.send_then(msg, self.topics.userspace, key, value, _ignore)
+
+    def write_state(
+        self, store: PartitionStore, writes: dict[bytes, bytes | None], generation: int | None = None
+    ) -> None:
+        """Datastore writes (a run's, or the TTL sweep's: ``generation`` None, the current one) into
+        the store and the changelog: in the open transaction in exactly-once mode, at once otherwise."""
+        if self.transactions is not None:
+            current = self.transactions.generation if generation is None else generation
+            self.transactions.effects(store, writes, generation=current)
+            return
+        store.stage(0, writes)
+        store.committed(0)
+        for key, value in writes.items():
+            self.output.send_then(self.topics.datastore, key, value, _ignore, store.partition)
 
     def _run_records(
         self, msg: Any, request: InvocationRequest, outcome: Outcome, version: int | None, received: int

@@ -69,6 +69,7 @@ from pipeline.state.changelog import Slot, restore, take_slot
 from pipeline.state.global_table import GlobalTable
 from pipeline.state.host import KafkaHost
 from pipeline.state.store import PartitionStore
+from pipeline.state.sweep import SWEEP_INTERVAL, Sweep
 from pipeline.state.userspace import UserspaceView
 from pipeline.wire.topics import Topics, ensure_topics
 from pipeline.worker.handler import Incoming, InvocationHandler
@@ -226,6 +227,8 @@ class Worker:
         self._read_generation = 0
         self._poller: threading.Thread | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep = Sweep()
         #: set with the error when the consumer fails for good (librdkafka's fatal errors)
         self.failed: asyncio.Future[None] | None = None
         #: set once the worker owns a partition: from then on a request published can be served
@@ -264,6 +267,7 @@ class Worker:
         self._poller = threading.Thread(target=self._poll, name="scriptforge-consume", daemon=True)
         self._poller.start()
         self._committer = loop.create_task(self._commit_periodically())
+        self._sweeper = loop.create_task(self._sweep_periodically())
 
     def _start_tables(self, slot: Slot) -> None:
         """The tables every worker reads whole (user-space lists, ASR+), caught up before serving."""
@@ -296,6 +300,8 @@ class Worker:
 
     async def stop(self) -> None:
         self._closing.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._committer is not None:
             # ends after its commit in progress: cancelled inside a transactional call, it would leave
             # that call running in its thread beside the last commit below (librdkafka refuses that)
@@ -640,6 +646,22 @@ class Worker:
                 await self._fresh_group_metadata()
                 await self._commit_transaction({})
             metrics.IN_FLIGHT.set(self.lanes.in_flight)
+
+    async def _sweep_periodically(self) -> None:
+        """The TTL sweep of the owned partitions' stores (pipeline/state/sweep.py)."""
+        while not self._closing.is_set():
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = int(time.time() * 1000)
+            for store in list(self.stores.values()):
+                writes = self._sweep.expired(store, now)
+                if writes:
+                    self.handler.write_state(store, writes)
+                    log.info(
+                        "datastore of partition %d: %d expired entries swept",
+                        store.partition,
+                        sum(value is None for value in writes.values()),
+                    )
+                await asyncio.sleep(0)  # a slice per partition, then whatever else is ready
 
     async def _commit_transaction(self, released: dict[Any, int]) -> None:
         """Exactly-once mode: commits the open transaction with the finished prefixes' offsets (and

@@ -295,3 +295,34 @@ async def test_the_datastore_survives_a_restart_and_moves_with_its_partition(
             expected += 30
     finally:
         delete_prefix_topics(first)
+
+
+async def test_an_expired_key_no_run_touches_again_is_swept(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    delete_prefix_topics: Callable[[Settings], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipeline.worker.worker.SWEEP_INTERVAL", 0.2)
+    settings = _settings(kafka_bootstrap, tmp_path)
+    try:
+        with ScriptRegistry(settings) as registry:
+            registry.deploy("default", "ttl", TTL)
+        worker = Worker(settings)
+        await worker.start()
+        try:
+            async with InvocationClient(settings.broker, settings) as client:
+                (set_,) = await _calls(client, "ttl", [{"op": "set", "ttl": 0.3}])
+                assert set_.ok, set_.to_json()
+            entry = ds.entry_key(ds.entry_prefix("default", "ttl"), "k")
+            size = ds.size_key("default", "ttl")
+            deadline = time.monotonic() + WAIT_S
+            while any(store.get(entry) is not None for store in worker.stores.values()):
+                assert time.monotonic() < deadline, "the expired entry was never swept"
+                await asyncio.sleep(0.05)
+            sizes = [ds.Size.decode(s.get(size)) for s in worker.stores.values() if s.get(size)]
+            assert sizes == [ds.Size(0, 0)], "the script's size shrank with the sweep"
+        finally:
+            await worker.stop()
+    finally:
+        delete_prefix_topics(settings)
