@@ -97,6 +97,7 @@ class Output:
         client: dict[str, Any] | None = None,
         producer: Any = None,
         on_queue_full: Callable[[], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         """``max_record_bytes``: the largest record this producer sends (a larger one fails at once,
         ``MSG_SIZE_TOO_LARGE``); ``client``: the settings every Kafka client of the worker shares.
@@ -105,6 +106,8 @@ class Output:
         (it is then produced later, maybe in a later transaction)."""
         self._producer = producer or SplitProducer(producer_config(broker, max_record_bytes, client))
         self._on_queue_full = on_queue_full
+        #: told (from any thread) when the producer fails for good (a fenced transactional producer)
+        self._on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[Report, DeliveryError | None]] = []
         self._stop = threading.Event()
@@ -153,6 +156,8 @@ class Output:
             # dead letters may overtake each other anyway (SplitProducer), so nothing depends on order.
             self._loop.call_later(QUEUE_FULL_RETRY, self._produce, topic, key, value, report, partition)
         except KafkaException as exc:  # refused before queueing: too large, or a bad topic name
+            if exc.args[0].fatal() and self._on_fatal is not None:
+                self._on_fatal(exc.args[0].str())
             # settled on a later loop turn, as a delivery report would be: callers never see an
             # outcome before send returns
             refused: tuple[Report, DeliveryError | None] = (report, delivery_error(exc.args[0], topic))
@@ -168,6 +173,8 @@ class Output:
                 # a fatal error of a transactional producer (fenced by a newer worker with its id) is
                 # raised by every poll: the next commit meets it too and stops the worker
                 log.error("the worker's producer failed: %s", exc.args[0].str())
+                if self._on_fatal is not None:
+                    self._on_fatal(exc.args[0].str())
                 self._stop.wait(1.0)
                 continue
             if self._hand_over(loop):

@@ -68,6 +68,8 @@ RETRY_PAUSE = 0.1
 #: how long a transactional call may keep failing before the producer is replaced: past the broker's
 #: transaction timeout, the transaction is aborted there anyway
 STUCK_AFTER = 2 * TRANSACTION_TIMEOUT_MS / 1000
+#: how often a transactional call in progress checks whether to give up on it
+ABANDON_CHECK = 0.2
 
 
 class TransactionAborted(BrokerError):
@@ -136,6 +138,12 @@ class Transactions:
         self._dirty = False
         #: set when a record of the open transaction did not make it in: it must abort
         self._poisoned: str | None = None
+        #: set (from a delivery thread) when a producer failed for good: both are replaced
+        self._broken: str | None = None
+        #: reports of records sent and not yet reported, by send number: a producer replaced may
+        #: never report its records, and their requests must still count as finished (they run again)
+        self._outstanding: dict[int, Callable[[Any], None]] = {}
+        self._sent = 0
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -147,6 +155,7 @@ class Transactions:
             max_record_bytes=self._max_record_bytes,
             producer=producer,
             on_queue_full=self._queue_full,
+            on_fatal=self._producer_failed,
         )
         return _Turn(suffix, producer, output)
 
@@ -179,8 +188,8 @@ class Transactions:
 
     @property
     def busy(self) -> bool:
-        """Whether the open transaction holds anything."""
-        return self._dirty
+        """Whether the open transaction holds anything (or a producer failed and must be replaced)."""
+        return self._dirty or self._broken is not None
 
     # ---- producing into the open transaction -------------------------------------------------------
     def send_then(
@@ -245,8 +254,11 @@ class Transactions:
         """A failed delivery fails the open transaction (librdkafka makes it abortable); a topic gone
         is forgotten, so the runs done again send their replies the non-transactional way. A report
         that comes after its transaction was aborted says done: the request runs again anyway."""
+        number = self._sent = self._sent + 1
 
         def report(error: DeliveryError | None) -> None:
+            if self._outstanding.pop(number, None) is None:
+                return  # settled already, when its producer was replaced
             if generation != self.generation:
                 then(None)
                 return
@@ -254,7 +266,16 @@ class Transactions:
                 self._known.discard(topic)
             then(error)
 
+        self._outstanding[number] = then
         return report
+
+    def _producer_failed(self, why: str) -> None:
+        self._broken = why
+
+    def _abandon(self) -> bool:
+        """Whether a transactional call in progress should be given up on: a producer failed for good
+        (the other one may be the one the outputs go to, and its failure would never end the call)."""
+        return self._broken is not None
 
     def _queue_full(self) -> None:
         self._poisoned = "librdkafka's queue was full: a record was held back"
@@ -283,9 +304,12 @@ class Transactions:
         """Commits the open transaction with ``offsets`` (the finished prefixes); the other producer's
         transaction takes the outputs from now. Raises TransactionAborted (the worker rewinds) or
         TransactionFatal (the worker stops)."""
-        if not (self._dirty or offsets or self._markers):
+        if not (self._dirty or offsets or self._markers or self._broken):
             return
         async with self._lock:
+            if self._broken is not None:
+                await self._rebuild(f"a transactional producer failed: {self._broken}")
+                raise TransactionAborted(f"the transactions were dropped: {self._broken}")
             turn, markers, stores = self._hand_over()
             try:
                 if self._poisoned is not None:
@@ -306,12 +330,14 @@ class Transactions:
                         group_metadata,
                         CALL_TIMEOUT,
                         give_up_after=STUCK_AFTER,
+                        abandon=self._abandon,
                     )
                 await _retrying(
                     "committing the transaction",
                     turn.producer.commit_transaction,
                     CALL_TIMEOUT,
                     give_up_after=STUCK_AFTER,
+                    abandon=self._abandon,
                 )
             except KafkaException as exc:
                 await self._fail(exc.args[0])
@@ -361,6 +387,7 @@ class Transactions:
             store.discard()
         self._touched, self._stores, self._markers, self._dirty = set(), set(), {}, False
         self._poisoned = None
+        self._broken = None
 
     async def _abort(self) -> None:
         """Undo both open transactions (the later one's runs may have read the earlier one's writes);
@@ -395,8 +422,14 @@ class Transactions:
         self._drop()
         old = self._turns
         for turn in old:
-            turn.producer.purge()
-            await turn.output.close()
+            try:
+                turn.producer.purge()
+                await turn.output.close()
+            except KafkaException as exc:  # a producer failed for good refuses even that
+                log.warning("closing a failed transactional producer: %s", exc.args[0].str())
+        outstanding, self._outstanding = self._outstanding, {}
+        for then in outstanding.values():
+            then(None)  # of the old generation: reported done, the request runs again
         self._turns = [self._make_turn(turn.suffix) for turn in old]
         number = max(turn.number for turn in old) + 1
         for offset, turn in enumerate(self._turns):
@@ -415,17 +448,22 @@ class _Stuck(Exception):
 
 
 async def _retrying(
-    what: str, call: Callable[..., Any], *args: Any, give_up_after: float | None = None
+    what: str,
+    call: Callable[..., Any],
+    *args: Any,
+    give_up_after: float | None = None,
+    abandon: Callable[[], bool] | None = None,
 ) -> Any:
     """Makes a blocking transactional call in a thread, again and again while librdkafka says trying
     again may work (the broker is unreachable: the broker's transaction timeout then aborts the
     transaction, and the next try says so); other errors are raised, and _Stuck after
-    ``give_up_after`` seconds of tries."""
+    ``give_up_after`` seconds of tries, or as soon as ``abandon()`` says so (the call is then left to
+    end in its thread: librdkafka calls cannot be interrupted)."""
     tries = 0
     deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
-            return await asyncio.to_thread(call, *args)
+            return await _watched(what, call, args, abandon)
         except KafkaException as exc:
             error = exc.args[0]
             if not error.retriable() or error.fatal() or error.txn_requires_abort():
@@ -435,6 +473,26 @@ async def _retrying(
                 raise _Stuck(f"{what}: {error.str()} ({tries} tries)") from None
             _retries.log(logging.WARNING, what, "%s: %s (try %d); trying again", what, error.str(), tries)
             await asyncio.sleep(RETRY_PAUSE)
+
+
+async def _watched(
+    what: str, call: Callable[..., Any], args: tuple[Any, ...], abandon: Callable[[], bool] | None
+) -> Any:
+    future = asyncio.get_running_loop().run_in_executor(None, call, *args)
+    if abandon is None:
+        return await future
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=ABANDON_CHECK)
+        if done:
+            return future.result()
+        if abandon():
+            future.add_done_callback(_consume)
+            raise _Stuck(f"{what}: given up on (a transactional producer failed)")
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: an abandoned call's outcome concerns nobody
 
 
 def _ignore(_error: Any) -> None:
