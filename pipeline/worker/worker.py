@@ -96,6 +96,8 @@ LAG_INTERVAL_MS = 5000
 POLL_BATCH = 1000
 #: the consumer thread's longest wait in poll (queued consumer calls wait at most this long)
 POLL_WAIT = 0.05
+#: how long after a rebalance a periodic commit leaves the offsets out (see Worker._group_settled)
+REBALANCE_QUIET = 1.0
 #: how long stopping waits for the commit in progress
 STOP_COMMITTER_WAIT = 30.0
 #: how long a transaction's commit waits for the consumer thread to read the group metadata
@@ -223,6 +225,8 @@ class Worker:
         self._closing = threading.Event()
         #: the consumer thread's latest consumer-group metadata (offsets in a transaction need it)
         self._group_metadata: Any = None
+        #: when a rebalance callback last ran (see ``_group_settled``)
+        self._rebalanced_at = 0.0
         #: the transaction generation the consumer thread reads for (moves on once it has rewound)
         self._read_generation = 0
         self._poller: threading.Thread | None = None
@@ -490,6 +494,7 @@ class Worker:
         if added and partitions:
             consumer.pause(partitions)
         wake_fetchers(consumer)
+        self._rebalanced_at = time.monotonic()
 
     def _refresh_group_metadata(self, consumer: Consumer) -> None:
         """Consumer thread: the group metadata a transaction's offsets go with (the member's epoch: a
@@ -644,7 +649,7 @@ class Worker:
                 self._commit()
             elif self.transactions.busy or self.lanes.has_advanced():
                 await self._fresh_group_metadata()
-                await self._commit_transaction({})
+                await self._commit_transaction({}, with_offsets=self._group_settled())
             metrics.IN_FLIGHT.set(self.lanes.in_flight)
 
     async def _sweep_periodically(self) -> None:
@@ -663,12 +668,21 @@ class Worker:
                     )
                 await asyncio.sleep(0)  # a slice per partition, then whatever else is ready
 
-    async def _commit_transaction(self, released: dict[Any, int]) -> None:
+    def _group_settled(self) -> bool:
+        """Whether no rebalance touched this worker for REBALANCE_QUIET seconds: until then the group
+        metadata read may already be stale (the member's epoch moves once the broker learns the
+        change), and offsets sent with it make the broker refuse them (ILLEGAL_GENERATION) and the
+        whole transaction abort, so its requests run again (measured: 420 duplicate replies in one
+        handover). The transaction commits without offsets meanwhile; the exactly-once markers keep
+        its requests from running twice, and the offsets follow at the next commit."""
+        return time.monotonic() - self._rebalanced_at > REBALANCE_QUIET
+
+    async def _commit_transaction(self, released: dict[Any, int], *, with_offsets: bool = True) -> None:
         """Exactly-once mode: commits the open transaction with the finished prefixes' offsets (and
         ``released``: those of partitions just revoked). An aborted transaction rewinds the worker; a
         fatal error stops it."""
         assert self.transactions is not None
-        positions = [*self.lanes.advanced(), *released.items()]
+        positions = [*(self.lanes.advanced() if with_offsets else []), *released.items()]
         offsets = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in positions]
         try:
             await self.transactions.commit(offsets, self._group_metadata)
