@@ -201,11 +201,17 @@ class Output:
 
 def _settle(batch: list[tuple[Report, DeliveryError | None]]) -> None:
     for report, error in batch:
-        if not isinstance(report, asyncio.Future):
-            report(error)
-        elif report.done():
-            continue
-        elif error is None:
-            report.set_result(None)
+        if isinstance(report, asyncio.Future):
+            resolve(report, error)
         else:
-            report.set_exception(error)
+            report(error)
+
+
+def resolve(delivered: asyncio.Future[None], error: DeliveryError | None) -> None:
+    """Completes a send's future with its delivery report (once: a later report is ignored)."""
+    if delivered.done():
+        return
+    if error is None:
+        delivered.set_result(None)
+    else:
+        delivered.set_exception(error)

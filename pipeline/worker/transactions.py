@@ -37,6 +37,7 @@ transaction fail, and every run in it would be done again, for ever.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from pipeline.errors import BrokerError, DeliveryError
 from pipeline.observability.alarms import Summary
 from pipeline.state import datastore as ds
 from pipeline.state.store import PartitionStore
-from pipeline.worker.output import Output, producer_config
+from pipeline.worker.output import Output, producer_config, resolve
 
 log = logging.getLogger(__name__)
 _retries = Summary(log)
@@ -220,16 +221,7 @@ class Transactions:
     def send(self, topic: str, key: bytes, value: bytes, *, generation: int) -> asyncio.Future[None]:
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-
-        def settle(error: DeliveryError | None) -> None:
-            if fut.done():
-                return
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
-
-        self.send_then(topic, key, value, settle, generation=generation)
+        self.send_then(topic, key, value, functools.partial(resolve, fut), generation=generation)
         return fut
 
     def effects(self, store: PartitionStore, writes: dict[bytes, bytes | None], *, generation: int) -> None:
