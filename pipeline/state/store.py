@@ -97,10 +97,6 @@ class PartitionStore:
         """Every uncommitted write is dropped (their transaction aborted)."""
         self._layers.clear()
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._layers)
-
     # ---- restoring ---------------------------------------------------------------------------------
     def restore(self, records: Iterable[tuple[bytes, bytes | None]], next_offset: int) -> None:
         """Applies changelog records read committed, and the offset to read from next, atomically."""

@@ -432,11 +432,6 @@ class Transactions:
             await self._open(turn)
         self._current = 0
 
-    async def abort(self) -> None:
-        """Abort the open transactions from outside."""
-        async with self._lock:
-            await self._abort()
-
 
 class _Stuck(Exception):
     """A transactional call kept failing for STUCK_AFTER seconds although librdkafka said to try again."""
