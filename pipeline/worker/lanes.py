@@ -108,6 +108,11 @@ class PartitionAcks:
         self.last_offset = offset
         return entry
 
+    @property
+    def advanced(self) -> bool:
+        """Whether the position moved since it was last handed out for a commit."""
+        return self.position is not None and self.position != self.committed
+
     def complete(self, entry: _Entry) -> None:
         entry.done = True
         entries = self.entries
@@ -267,15 +272,14 @@ class Lanes:
         handing it out marks it committed (``recommit`` undoes that after a failed commit)."""
         out = []
         for tp, acks in self._partitions.items():
-            position = acks.position
-            if position is not None and position != acks.committed:
-                acks.committed = position
-                out.append((tp, position))
+            if acks.advanced and acks.position is not None:
+                acks.committed = acks.position
+                out.append((tp, acks.position))
         return out
 
     def has_advanced(self) -> bool:
         """Whether ``advanced`` would hand out a position."""
-        return any(a.position is not None and a.position != a.committed for a in self._partitions.values())
+        return any(acks.advanced for acks in self._partitions.values())
 
     def recommit(self, tps: Iterable[Hashable]) -> None:
         """A commit of ``tps`` failed: hand their positions out again at the next ``advanced``."""
