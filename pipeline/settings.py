@@ -87,11 +87,32 @@ class Settings:
         "replies go out at once either way; a crash runs again at most this much of a worker's work "
         "(docs/state.md has the measured trade-off)",
     )
+    record_rate: float = _env_field(  # type: ignore[assignment]
+        1.0,
+        "SCRIPTFORGE_RECORD_RATE",
+        "share of runs a worker records for replay (0 to 1; the same call id is always chosen or "
+        "not), unless a script's own rate says otherwise (scriptforge recording); docs/replay.md",
+    )
+    record_retention_ms: int = _env_field(  # type: ignore[assignment]
+        86_400_000,
+        "SCRIPTFORGE_RECORD_RETENTION_MS",
+        "how long the recordings topic keeps recorded runs (its retention.ms, set when it is created)",
+    )
+    record_max_bytes: int = _env_field(  # type: ignore[assignment]
+        262_144,
+        "SCRIPTFORGE_RECORD_MAX_BYTES",
+        "bound on one recorded run: a larger one is recorded without its host calls (not replayable), "
+        "and one whose request and outcome alone are larger is not recorded",
+    )
     event_loop: str = _env_field(  # type: ignore[assignment]
         "uvloop",
         "SCRIPTFORGE_EVENT_LOOP",
         "event loop of a worker: uvloop (libuv, the faster: see pipeline/cli/worker.py) or asyncio",
     )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.record_rate <= 1.0:
+            raise ConfigError(f"SCRIPTFORGE_RECORD_RATE={self.record_rate} must be between 0 and 1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -142,6 +163,11 @@ def _convert(name: str, env: str, raw: str, default: object) -> object:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{env}={raw!r} is not a whole number (setting {name})") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a number (setting {name})") from None
     if isinstance(default, Path):
         return Path(raw)
     return raw

@@ -264,6 +264,9 @@ class LocalSession(SessionCalls):
     def _current(self, key: str) -> Any:
         if key in self._writes:
             return self._writes[key][0]
+        return self.value_before(key)
+
+    def value_before(self, key: str) -> Any:
         store = self._host.datastore.get(self._script_scope, {})
         if key not in store:
             return MISSING

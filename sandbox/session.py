@@ -4,7 +4,8 @@ and delete, and the user-space calls. A host session (``sandbox.local.LocalSessi
 stand on:
 
 - ``_current(key)``: the datastore value the run sees (its own buffered writes first), ``MISSING``
-  when absent or expired;
+  when absent or expired; ``value_before(key)``: the value as it was before the run (what a recorded
+  run's journal keeps, sandbox/recording.py);
 - ``_set(key, value, ttl_s)`` and ``_remove(key)``: buffer a write (quota checks are the session's);
 - ``_userspace_value(area, key)``: an entry of the account's list as the run sees it, ``MISSING`` when
   absent; ``_userspace_write(area, key, value)``: buffer a list write (``MISSING`` removes);
@@ -27,6 +28,9 @@ class SessionCalls:
 
     # ---- primitives (the session's own) ------------------------------------------------------
     def _current(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def value_before(self, key: str) -> Any:
         raise NotImplementedError
 
     def _set(self, key: str, value: Any, ttl_s: float | None) -> None:

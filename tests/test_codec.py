@@ -30,6 +30,7 @@ from pipeline.wire.records import (
     InvocationReply,
     InvocationRequest,
     OutboundMessage,
+    RecordedRun,
     RouteAssignment,
     RunLog,
     ScriptDefinition,
@@ -193,6 +194,30 @@ OUTBOUND = OutboundMessage(
     params_json='{"to":"15550001111","text":"hi"}',
     queued_ms=1_700_000_000_000,
 )
+RECORDED = RecordedRun(
+    call_id="call-0001",
+    request_id="req-1",
+    account="acme",
+    script="dnc-check",
+    version=7,
+    function=None,
+    timestamp_ms=1_700_000_000_000,
+    vars_json='{"routing":{"dest_number":"15551234567"}}',
+    outcome_json='{"status":"error","reason":"script","code":603,"message":"Denied (DNC)","logs":[]}',
+    calls=[
+        {
+            "method": "lookup.userspaceLookup",
+            "args_json": '["dnc","15551234567"]',
+            "ok": True,
+            "answer_json": '"15551234567"',
+        }
+    ],
+    datastore_before=[{"key": "seen", "value_json": "3"}, {"key": "new", "value_json": None}],
+    worker="host:1",
+    source_partition=3,
+    source_offset=17,
+    recorded_ms=1_700_000_000_004,
+)
 SAMPLES: dict[type[Any], Any] = {
     InvocationRequest: REQUEST,
     InvocationReply: REPLY,
@@ -201,6 +226,7 @@ SAMPLES: dict[type[Any], Any] = {
     DeadLetter: DEAD,
     RunLog: RUN_LOG,
     OutboundMessage: OUTBOUND,
+    RecordedRun: RECORDED,
 }
 _FILES = {
     InvocationRequest: "invocation_request.avsc",
@@ -210,6 +236,7 @@ _FILES = {
     DeadLetter: "dead_letter.avsc",
     RunLog: "run_log.avsc",
     OutboundMessage: "outbound_message.avsc",
+    RecordedRun: "recorded_run.avsc",
 }
 
 

@@ -158,6 +158,10 @@ class KafkaSession(SessionCalls):
             return MISSING
         return stored.value
 
+    def value_before(self, key: str) -> Any:
+        stored = self._stored(key)
+        return MISSING if stored is None or stored.expired(self._context.now_ms) else stored.value
+
     def _committed_size(self) -> ds.Size:
         if self._size is None:
             raw = self._store.get(ds.size_key(self._script.account, self._script.name))

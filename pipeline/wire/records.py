@@ -28,6 +28,8 @@ import orjson
 from pipeline.errors import MalformedMessageError
 from pipeline.wire.codec import default_catalogue
 from sandbox.limits import MAX_MESSAGE_CHARS
+from sandbox.recording import HostCall, Journal
+from sandbox.session import MISSING
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Invocation, Outcome, Script, ScriptType
 
 NAMESPACE = "scriptforge"
@@ -582,6 +584,123 @@ def _params_text(params: Any) -> str:
         return json.dumps(params, ensure_ascii=False, separators=(",", ":"))
 
 
+@_avro
+@dataclass(slots=True)
+class RecordedRun(_Record):
+    """One run with what it needs to be run again exactly (schemas/recorded_run.avsc), on
+    scriptforge.recordings; Kafka key: ``account/script``. ``calls`` and ``datastore_before`` are Avro
+    records as dicts; :meth:`journal` gives them back as the sandbox's values."""
+
+    SCHEMA: ClassVar[str] = f"{NAMESPACE}.RecordedRun"
+
+    call_id: str
+    account: str
+    script: str
+    version: int
+    timestamp_ms: int
+    vars_json: str
+    outcome_json: str
+    worker: str
+    source_partition: int
+    source_offset: int
+    recorded_ms: int
+    request_id: str = ""
+    function: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    datastore_before: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+    attempt: int = 0
+
+    @classmethod
+    def for_run(
+        cls,
+        request: InvocationRequest,
+        outcome: Outcome,
+        journal: Journal | None,
+        *,
+        version: int,
+        worker: str,
+        partition: int,
+        offset: int,
+        recorded_ms: int,
+        max_bytes: int,
+    ) -> Self | None:
+        """The record of ``request``'s run; its host calls are left out (``truncated``) when the record
+        would be larger than ``max_bytes``, and None when even the request and outcome are."""
+        record = cls(
+            call_id=request.call_id,
+            request_id=request.request_id,
+            account=request.account,
+            script=request.script,
+            version=version,
+            function=request.function,
+            timestamp_ms=request.timestamp_ms,
+            vars_json=request.vars_json,
+            outcome_json=_params_text(outcome.to_json()),
+            worker=worker,
+            source_partition=partition,
+            source_offset=offset,
+            attempt=request.attempt,
+            recorded_ms=recorded_ms,
+        )
+        base = len(record.vars_json) + len(record.outcome_json)
+        if base > max_bytes:
+            return None
+        if journal is not None:
+            record.calls = [
+                {
+                    "method": call.method,
+                    "args_json": _params_text(call.args),
+                    "ok": call.ok,
+                    "answer_json": _params_text(call.answer),
+                }
+                for call in journal.calls
+            ]
+            record.datastore_before = [
+                {"key": key, "value_json": None if value is MISSING else _params_text(value)}
+                for key, value in journal.before.items()
+            ]
+        extra = sum(len(c["args_json"]) + len(c["answer_json"]) + 32 for c in record.calls)
+        extra += sum(len(v["key"]) + len(v["value_json"] or "") + 8 for v in record.datastore_before)
+        if base + extra > max_bytes:
+            record.calls, record.datastore_before, record.truncated = [], [], True
+        return record
+
+    @property
+    def key(self) -> str:
+        return script_key(self.account, self.script)
+
+    def _where(self) -> str:
+        return f"RecordedRun {self.call_id!r} of {self.key}"
+
+    def journal(self) -> Journal:
+        """The run's host calls and datastore values before it, as the sandbox's values."""
+        owner = self._where()
+        calls = [
+            HostCall(
+                c["method"],
+                _json_value(c["args_json"], owner, "args_json"),
+                c["ok"],
+                _json_value(c["answer_json"], owner, "answer_json"),
+            )
+            for c in self.calls
+        ]
+        before = {
+            v["key"]: MISSING
+            if v["value_json"] is None
+            else _json_value(v["value_json"], owner, "value_json")
+            for v in self.datastore_before
+        }
+        return Journal(calls, before)
+
+    def outcome(self) -> Outcome:
+        return Outcome.from_json(_json_value(self.outcome_json, self._where(), "outcome_json"))
+
+    @property
+    def vars(self) -> Any:
+        return _json_value(self.vars_json, self._where(), "vars_json")
+
+
 #: every record type, by Avro full name
 RECORD_TYPES: dict[str, type[Any]] = {
     cls.SCHEMA: cls
@@ -593,5 +712,6 @@ RECORD_TYPES: dict[str, type[Any]] = {
         DeadLetter,
         RunLog,
         OutboundMessage,
+        RecordedRun,
     )
 }

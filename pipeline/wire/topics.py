@@ -45,6 +45,8 @@ class Topics:
         self.logs = t("logs")
         self.dlq = t("dlq")
         self.recovery = t("recovery")
+        self.recordings = t("recordings")
+        self._record_retention_ms = settings.record_retention_ms
         self._partitions = settings.partitions
         self._dead_letter_bytes = settings.max_dead_letter_bytes
 
@@ -69,6 +71,8 @@ class Topics:
             TopicSpec(self.dlq, 1, {"max.message.bytes": str(self._dead_letter_bytes)}),
             # crash bookkeeping of the invocations partitions (pipeline/worker/recovery.py): latest per key
             TopicSpec(self.recovery, 1, dict(COMPACTED)),
+            # recorded runs for replay (docs/replay.md): kept for a time, keyed like the requests
+            TopicSpec(self.recordings, n, {"retention.ms": str(self._record_retention_ms)}),
         ]
 
 
