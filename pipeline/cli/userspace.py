@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from pipeline.cli.progress import Progress
 from pipeline.errors import BrokerError, DeliveryError, ScriptForgeError, UsageError
 from pipeline.kafka.connection import client_config
 from pipeline.settings import Settings
@@ -378,7 +379,7 @@ def load_list(
         raw = stack.enter_context(_open_csv(path))
         view = stack.enter_context(read_lists(settings)) if changed_only else None
         writer = stack.enter_context(ListWriter(settings))
-        bar = _Progress(progress, _size(path))
+        bar = Progress(progress, _size(path))
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
             for row in list_rows(text):
@@ -415,36 +416,3 @@ def _size(path: Path) -> int:
     with contextlib.suppress(OSError):
         return path.stat().st_size
     return 0
-
-
-class _Progress:
-    """A one-line progress bar on a terminal, redrawn at most 10 times a second; nothing elsewhere."""
-
-    WIDTH = 30
-
-    def __init__(self, out: IO[str] | None, total: int) -> None:
-        self.out = out if out is not None and out.isatty() and total > 0 else None
-        self.total = total
-        self.started = time.monotonic()
-        self.shown_at = 0.0
-
-    def show(self, done: int) -> None:
-        if self.out is None:
-            return
-        now = time.monotonic()
-        if now - self.shown_at < 0.1:
-            return
-        self.shown_at = now
-        fraction = min(1.0, done / self.total)
-        filled = int(fraction * self.WIDTH)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        size = f"{done / 1e6:.1f} of {self.total / 1e6:.1f} MB"
-        self.out.write(f"\r[{bar}] {fraction:4.0%}  {size}  {now - self.started:.0f} s")
-        self.out.flush()
-
-    def done(self) -> None:
-        if self.out is not None and self.shown_at:
-            self.shown_at = 0.0
-            self.show(self.total)
-            self.out.write("\n")
-            self.out.flush()
