@@ -16,16 +16,21 @@ from pipeline.worker.handler import REPLY_TRIES, InvocationHandler
 from sandbox.types import Outcome, Reason, ScriptType
 
 
+def _beside_reply(topic: str) -> bool:
+    return topic.endswith((".logs", ".recordings"))
+
+
 class FakeOutput:
     """pipeline.worker.output.Output's interface: every message delivered at once."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
-        #: run logs (one per answered request) are kept apart: the tests look at replies and dead letters
+        #: run logs (one per answered request) and recordings (one per sampled run) are kept apart: the
+        #: tests look at replies and dead letters
         self.run_logs: list[tuple[str, bytes, bytes]] = []
 
     def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        (self.run_logs if topic.endswith(".logs") else self.sent).append((topic, key, value))
+        (self.run_logs if _beside_reply(topic) else self.sent).append((topic, key, value))
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
         return delivered
@@ -128,7 +133,7 @@ class HeldOutput(FakeOutput):
         self.pending: list[asyncio.Future[None]] = []
 
     def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        if topic.endswith(".logs"):
+        if _beside_reply(topic):
             return super().send(topic, key, value)
         self.sent.append((topic, key, value))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -34,6 +34,12 @@ EXPIRED = Counter("scriptforge_expired_total", "Requests answered `expired` with
 DEAD_LETTERED = Counter(
     "scriptforge_dead_lettered_total", "Records sent to the dead-letter topic", ["reason"]
 )
+RECORDED = Counter(
+    "scriptforge_recorded_runs_total",
+    "Runs recorded for replay: result is recorded, truncated (without its host calls: too large to "
+    "replay) or too_large (not recorded)",
+    ["result"],
+)
 RETRIES = Counter("scriptforge_crash_retries_total", "Runs retried after the sandbox crashed")
 IN_FLIGHT = Gauge("scriptforge_in_flight", "Requests taken from Kafka and not yet answered")
 SANDBOX_RESTARTS = Gauge(

@@ -5,10 +5,10 @@ Two kinds of record, both ScriptDefinition values, on one partition (so their or
 - ``account/name@version``: one immutable version. Compaction keeps every version (distinct keys), so
   a request pinned to a version can always find it.
 - ``account/name``: the *pointer*, a copy of the active version with the script's state
-  (active|stopped). Deploy writes the version, then the pointer; stop/start rewrite only
-  the pointer. A reader that has seen a pointer has seen the version it names (one partition, written
-  in that order). Stopping applies to the script as a whole: pinned versions of a stopped script are
-  stopped too.
+  (active|stopped) and its recording rate. Deploy writes the version, then the pointer (keeping the
+  rate); stop/start and ``set_record_rate`` rewrite only the pointer. A reader that has seen a pointer
+  has seen the version it names (one partition, written in that order). Both apply to the script as a
+  whole: pinned versions of a stopped script are stopped too, and are recorded at the script's rate.
 
 Deploys assume one writer per script at a time (operators, CI): two simultaneous deploys of one name
 could pick the same version number; the later pointer wins.
@@ -140,9 +140,11 @@ class ScriptRegistry:
         if version is None:
             return pointer
         found = self._versions.get(version_key(account, name, version))
-        if found is None or pointer is None or found.state == pointer.state:
+        if found is None or pointer is None:
             return found
-        return dataclasses.replace(found, state=pointer.state)
+        if found.state == pointer.state and found.record_rate == pointer.record_rate:
+            return found
+        return dataclasses.replace(found, state=pointer.state, record_rate=pointer.record_rate)
 
     def latest_version(self, account: str, name: str) -> int:
         return self._latest.get(script_key(account, name), 0)
@@ -181,6 +183,9 @@ class ScriptRegistry:
             env=dict(env or {}),
         )
         self._publish(version_key(account, name, definition.version), definition)
+        current = self._pointers.get(definition.key)
+        if current is not None:  # a redeploy keeps the script's recording rate
+            definition = dataclasses.replace(definition, record_rate=current.record_rate)
         self._publish(definition.key, definition)
         self._flush()
         return definition
@@ -191,12 +196,21 @@ class ScriptRegistry:
     def start_script(self, account: str, name: str) -> ScriptDefinition:
         return self._set_state(account, name, ScriptState.ACTIVE)
 
+    def set_record_rate(self, account: str, name: str, rate: float | None) -> ScriptDefinition:
+        """Records ``rate`` (0 to 1) of the script's runs from now on; None: the workers' setting."""
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise UsageError(f"a recording rate is between 0 and 1, not {rate}")
+        return self._rewrite_pointer(account, name, record_rate=rate)
+
     def _set_state(self, account: str, name: str, state: ScriptState) -> ScriptDefinition:
+        return self._rewrite_pointer(account, name, state=state)
+
+    def _rewrite_pointer(self, account: str, name: str, **changes: object) -> ScriptDefinition:
         self.wait_caught_up()
         current = self._pointers.get(script_key(account, name))
         if current is None:
             raise UsageError(f"no script {name!r} in account {account!r}")
-        pointer = dataclasses.replace(current, state=state)
+        pointer = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
         self._publish(pointer.key, pointer)
         self._flush()
         return pointer

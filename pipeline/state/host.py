@@ -23,6 +23,7 @@ from pipeline.state.store import PartitionStore
 from sandbox.host import HostCallError
 from sandbox.limits import MAX_DATASTORE_CHARS, MAX_DATASTORE_KEYS
 from sandbox.local import DEFAULT_AREA, entry_chars
+from sandbox.recording import Journal, RecordingSession
 from sandbox.session import MISSING, SessionCalls
 from sandbox.types import Invocation, Outcome, Script
 
@@ -54,6 +55,8 @@ class RunContext:
     now_ms: int
     #: set by a successful run's session
     effects: Effects | None = None
+    #: the run's host calls, when the run is recorded for replay (sandbox/recording.py)
+    journal: Journal | None = None
 
 
 class KafkaHost:
@@ -63,11 +66,12 @@ class KafkaHost:
         self.userspace = userspace
         self.asr = asr
 
-    def session(self, script: Script, invocation: Invocation) -> KafkaSession:
+    def session(self, script: Script, invocation: Invocation) -> KafkaSession | RecordingSession:
         context = invocation.host_context
         if not isinstance(context, RunContext):
             context = RunContext(None, invocation.now_ms)
-        return KafkaSession(self, script, context)
+        session = KafkaSession(self, script, context)
+        return session if context.journal is None else RecordingSession(session, context.journal)
 
 
 class KafkaSession(SessionCalls):

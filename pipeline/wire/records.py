@@ -277,6 +277,8 @@ class ScriptDefinition(_Record):
     memory_mb: int = DEFAULT_MEMORY_MB
     env: dict[str, str] = field(default_factory=dict)
     state: ScriptState = ScriptState.ACTIVE
+    #: share of runs recorded for replay; None: the workers' setting (docs/replay.md)
+    record_rate: float | None = None
 
     @property
     def key(self) -> str:

@@ -1,5 +1,6 @@
 """What a run leaves besides its reply, as Kafka records for the worker's transaction: its run log
-(scriptforge.logs) and the messages it queued with ``api.send.*`` (scriptforge.outbound).
+(scriptforge.logs), the messages it queued with ``api.send.*`` (scriptforge.outbound) and, for a
+sample of runs, its recording for replay (scriptforge.recordings, docs/replay.md).
 
 Both builders run for every request, on the hot path: they only build the records
 (:class:`~pipeline.wire.records.RunLog`, :class:`~pipeline.wire.records.OutboundMessage`, which bound
@@ -9,13 +10,53 @@ what they carry) and encode them with the codecs made once here. :func:`measure`
 from __future__ import annotations
 
 import time
+import zlib
 
 from pipeline.wire.codec import codec
-from pipeline.wire.records import InvocationRequest, OutboundMessage, RunLog
+from pipeline.wire.records import InvocationRequest, OutboundMessage, RecordedRun, RunLog
+from sandbox.recording import Journal
 from sandbox.types import Outcome, Reason
 
 _RUN_LOGS = codec(RunLog)
 _OUTBOUND = codec(OutboundMessage)
+_RECORDED = codec(RecordedRun)
+
+
+def sampled(call_id: str, rate: float) -> bool:
+    """Whether the run of ``call_id`` is recorded at ``rate`` (0 to 1). A hash of the call id, not a
+    coin: a request run again after a crash is recorded (or not) as it was the first time."""
+    if rate >= 1.0:
+        return True
+    return rate > 0.0 and zlib.crc32(call_id.encode()) < rate * 0x1_0000_0000
+
+
+def recorded_run_record(
+    request: InvocationRequest,
+    outcome: Outcome,
+    journal: Journal,
+    *,
+    version: int,
+    worker: str,
+    partition: int,
+    offset: int,
+    max_bytes: int,
+) -> tuple[bytes, bytes, bool] | None:
+    """(key, value, truncated) of the recording of ``request``'s run, or None when even its request
+    and outcome are larger than ``max_bytes`` (pipeline.wire.records.RecordedRun.for_run)."""
+    record = RecordedRun.for_run(
+        request,
+        outcome,
+        journal,
+        version=version,
+        worker=worker,
+        partition=partition,
+        offset=offset,
+        recorded_ms=int(time.time() * 1000),
+        max_bytes=max_bytes,
+    )
+    if record is None:
+        return None
+    return request.kafka_key, _RECORDED.encode(record), record.truncated
 
 
 def run_log_record(

@@ -44,10 +44,11 @@ from pipeline.wire.records import (
     ScriptState,
 )
 from pipeline.wire.topics import Topics
-from pipeline.worker.effects import outbound_records, run_log_record
+from pipeline.worker.effects import outbound_records, recorded_run_record, run_log_record, sampled
 from pipeline.worker.lanes import TP
 from pipeline.worker.transactions import Transactions
 from sandbox.pool import SandboxPool
+from sandbox.recording import Journal
 from sandbox.types import Invocation, Outcome, Reason, Script
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class _Reply:
 class _Job:
     """A request that will run: its message, the request, the script version it runs."""
 
-    __slots__ = ("attempts", "context", "definition", "index", "msg", "received", "request")
+    __slots__ = ("attempts", "context", "definition", "index", "msg", "received", "recorded", "request")
 
     def __init__(
         self,
@@ -158,6 +159,7 @@ class _Job:
         definition: ScriptDefinition,
         received: int,
         store: PartitionStore | None,
+        recorded: bool,
     ):
         self.msg = msg
         self.request = request
@@ -166,10 +168,14 @@ class _Job:
         self.attempts = request.attempt
         self.index = 0  # its place in the lane's batch
         self.context = RunContext(store, request.timestamp_ms)
+        #: whether the run is recorded for replay (its host calls journaled, docs/replay.md)
+        self.recorded = recorded
 
     def invocation(self) -> Invocation:
         request = self.request
-        self.context.effects = None  # a run again after a crash starts afresh
+        # a run again after a crash starts afresh
+        self.context.effects = None
+        self.context.journal = Journal() if self.recorded else None
         return Invocation(
             host_context=self.context,
             vars=None,
@@ -322,7 +328,9 @@ class InvocationHandler:
         if refusal is not None or definition is None:
             outcome = refusal or Outcome.failure(Reason.NOT_FOUND, 404, "no such script")
             return self._reply(msg, request, outcome, request.version, received, received)
-        return _Job(msg, request, definition, received, self.stores.get(msg.partition))
+        rate = self.settings.record_rate if definition.record_rate is None else definition.record_rate
+        recorded = sampled(request.call_id, rate)
+        return _Job(msg, request, definition, received, self.stores.get(msg.partition), recorded)
 
     async def _miskeyed(self, msg: Any, request: InvocationRequest, received: int) -> asyncio.Future[None]:
         """A request keyed for another script (or not keyed) sits in another script's lane and maybe
@@ -399,6 +407,8 @@ class InvocationHandler:
             tails[job.index] = self._reply(
                 job.msg, job.request, outcome, definition.version, job.received, started
             )
+            if job.context.journal is not None:
+                self._record(job, outcome)
 
         count = await self.pool.run_batch(script, [job.invocation() for job in batch], ended)
         return count, (crashed[0] if crashed else None)
@@ -509,6 +519,26 @@ class InvocationHandler:
         self.send_then(msg, self.topics.logs, key, value, _ignore)
         for key, value in outbound_records(request, outcome, version=version):
             self.send_then(msg, self.topics.outbound, key, value, _ignore)
+
+    def _record(self, job: _Job, outcome: Outcome) -> None:
+        """The recording of a sampled run, produced with its reply (docs/replay.md)."""
+        assert job.context.journal is not None
+        built = recorded_run_record(
+            job.request,
+            outcome,
+            job.context.journal,
+            version=job.definition.version,
+            worker=self.worker_id,
+            partition=job.msg.partition,
+            offset=job.msg.offset,
+            max_bytes=self.settings.record_max_bytes,
+        )
+        if built is None:
+            metrics.RECORDED.labels("too_large").inc()
+            return
+        key, value, truncated = built
+        metrics.RECORDED.labels("truncated" if truncated else "recorded").inc()
+        self.send_then(job.msg, self.topics.recordings, key, value, _ignore)
 
     def _encode_reply(
         self, request: InvocationRequest, outcome: Outcome, version: int | None, received: int, started: int
