@@ -104,11 +104,14 @@ def _replay(args: argparse.Namespace, settings: Settings, archive: Archive) -> d
         finally:
             progress.done()
     summary = result.summary
+    accounts = sorted({account for account, _ in versions.names})
+    scripts = sorted({script for _, script in versions.names})
     summary.source = {
         "file": str(args.file),
-        "scripts": sorted(versions.names),
+        "account": ", ".join(accounts),
+        "script": ", ".join(scripts),
         "recorded_versions": sorted(versions.recorded),
-        "replayed": args.script_file or versions.replayed,
+        "replayed_version": args.script_file or versions.replayed,
     }
     out = summary.to_json()
     if args.report:
@@ -149,13 +152,14 @@ class _Versions:
         self._version = version
         self._source = source
         self._scripts: dict[tuple[str, str, int], Script] = {}
-        self.names: set[str] = set()
+        #: (account, script) of the runs seen
+        self.names: set[tuple[str, str]] = set()
         self.recorded: set[int] = set()
         #: what replays the runs, for the summary
-        self.replayed = "recorded version" if version is None else f"version {version}"
+        self.replayed: str | int = "as recorded" if version is None else version
 
     def script_for(self, run: RecordedRun) -> Script:
-        self.names.add(f"{run.account}/{run.script}")
+        self.names.add((run.account, run.script))
         self.recorded.add(run.version)
         wanted = run.version if self._version is None else self._version
         key = (run.account, run.script, wanted if self._source is None else run.version)

@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,6 +38,7 @@ from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, OutboundMessage
 from pipeline.wire.topics import Topics
+from tests.integration.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -53,7 +49,6 @@ async function main(d) {
   return {n};
 }
 """
-REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
 SCRIPTS = 8
 CALLS = 10_000
@@ -87,66 +82,6 @@ def _script_names() -> list[str]:
             names.append(name)
         j += 1
     return names
-
-
-@dataclass
-class WorkerProcess:
-    """One ``scriptforge worker`` subprocess, started again (same data directory) after a kill."""
-
-    label: str
-    settings: Settings
-    data_dir: Path
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    #: the worker id (host:pid) of each process started, in order
-    ids: list[str] = field(default_factory=list)
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            **self.settings.to_env(),
-            "SCRIPTFORGE_DATA_DIR": str(self.data_dir),
-            "SCRIPTFORGE_METRICS_PORT": "0",
-            "SCRIPTFORGE_SANDBOX_PROCESSES": "2",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        cmd = [sys.executable, "-m", "pipeline", "worker", "--log-level", "WARNING"]
-        with self.log.open("ab") as out:
-            out.write(f"---- {self.label}: start {len(self.ids) + 1}\n".encode())
-            out.flush()
-            self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        self.ids.append(f"{socket.gethostname()}:{self.process.pid}")
-
-    def kill(self) -> None:
-        assert self.process is not None and self.process.poll() is None, self.tail()
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        assert self.process.returncode == -signal.SIGKILL
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def ready(self) -> bool:
-        """Whether the current process said it owns partitions (``ready:`` since its last start)."""
-        text = self.log.read_text(errors="replace")
-        return "ready: worker" in text[text.rfind(f"---- {self.label}: start") :]
-
-    def slot_pid(self) -> str:
-        """The pid in the lock of slot 0 of its data directory: the process that holds the slot."""
-        return (self.data_dir / "state" / "slot-0.lock").read_text().strip()
-
-    def tail(self, chars: int = 3000) -> str:
-        return f"\n--- {self.label} log ---\n" + self.log.read_text(errors="replace")[-chars:]
 
 
 @dataclass
