@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from sandbox.host import HostCallError, HostSession
 from sandbox.session import MISSING
-from sandbox.types import Outcome
+from sandbox.types import Invocation, Outcome, Script
 
 T = TypeVar("T")
 
@@ -136,6 +136,23 @@ class RecordingSession:
         await self._inner.finish(outcome)
 
 
+class PeekableHost(Protocol):
+    def session(self, script: Script, invocation: Invocation) -> Peekable: ...
+
+
+class RecordingHost:
+    """A host whose every session is journaled, the journal kept by call id: runs recorded outside
+    the worker (a benchmark's recording, tests)."""
+
+    def __init__(self, inner: PeekableHost) -> None:
+        self.inner = inner
+        self.journals: dict[str, Journal] = {}
+
+    def session(self, script: Script, invocation: Invocation) -> RecordingSession:
+        journal = self.journals.setdefault(invocation.call_id, Journal())
+        return RecordingSession(self.inner.session(script, invocation), journal)
+
+
 @dataclass(frozen=True, slots=True)
 class Writes:
     """What a run changed, in the terms a script uses: datastore key -> ``[value, ttl_s]`` (``None``:
@@ -172,4 +189,13 @@ def writes_of(calls: list[HostCall], ok: bool) -> Writes:
     return Writes(datastore, userspace)
 
 
-__all__ = ["MISSING", "HostCall", "Journal", "Peekable", "RecordingSession", "Writes", "writes_of"]
+__all__ = [
+    "MISSING",
+    "HostCall",
+    "Journal",
+    "Peekable",
+    "RecordingHost",
+    "RecordingSession",
+    "Writes",
+    "writes_of",
+]

@@ -18,12 +18,13 @@ import pytest
 import pytest_asyncio
 
 from pipeline.replay.compare import ReplayedRun, label, routing_diff
+from pipeline.replay.local import record_locally
 from pipeline.replay.runner import replay
 from pipeline.replay.session import ReplayHost
 from pipeline.wire.records import InvocationRequest, RecordedRun
 from sandbox.local import LocalHost
 from sandbox.pool import SandboxPool
-from sandbox.recording import HostCall, Journal, RecordingSession, writes_of
+from sandbox.recording import HostCall, Journal, RecordingHost, writes_of
 from sandbox.session import MISSING
 from sandbox.types import Invocation, Outcome, Script
 
@@ -54,18 +55,6 @@ async function main(data) {
 """
 
 
-class RecordingLocalHost:
-    """A local host whose every session is journaled, as the worker's sampled runs are."""
-
-    def __init__(self, inner: LocalHost) -> None:
-        self.inner = inner
-        self.journals: dict[str, Journal] = {}
-
-    def session(self, script: Script, invocation: Invocation) -> RecordingSession:
-        journal = self.journals.setdefault(invocation.call_id, Journal())
-        return RecordingSession(self.inner.session(script, invocation), journal)
-
-
 def _host() -> LocalHost:
     host = LocalHost()
     for number in DNC:
@@ -80,39 +69,13 @@ def _routing(i: int) -> dict[str, Any]:
     return {"routing": {"from": f"1444000000{i % 4}", "to": to}}
 
 
-async def record(
-    pool: SandboxPool, host: RecordingLocalHost, script: Script, count: int
-) -> list[RecordedRun]:
+async def record(pool: SandboxPool, host: RecordingHost, script: Script, count: int) -> list[RecordedRun]:
     """Runs ``count`` calls of ``script`` and returns their recordings, as a worker would write them."""
-    runs = []
-    for i in range(count):
-        call_id = f"{script.account}-{script.name}-{i}"
-        invocation = Invocation(vars=_routing(i), call_id=call_id, now_ms=T0 + i * 1000)
-        outcome = await pool.run(script, invocation)
-        request = InvocationRequest.create(
-            call_id=call_id,
-            script=script.name,
-            vars=invocation.vars,
-            reply_topic="replies",
-            deadline_ms=T0 + 10**9,
-            timestamp_ms=invocation.now_ms,
-            account=script.account,
-        )
-        journal = host.journals.get(call_id, Journal())
-        recorded = RecordedRun.for_run(
-            request,
-            outcome,
-            journal,
-            version=script.version,
-            worker="test",
-            partition=0,
-            offset=i,
-            recorded_ms=0,
-            max_bytes=1 << 20,
-        )
-        assert recorded is not None
-        runs.append(recorded)
-    return runs
+    calls = [
+        Invocation(vars=_routing(i), call_id=f"{script.account}-{script.name}-{i}", now_ms=T0 + i * 1000)
+        for i in range(count)
+    ]
+    return await record_locally(pool, host, script, calls)
 
 
 ACME = Script(name="router", source=ROUTER, account="acme", version=1, timeout_ms=1000)
@@ -120,7 +83,7 @@ ACME = Script(name="router", source=ROUTER, account="acme", version=1, timeout_m
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def recorded() -> list[RecordedRun]:
-    host = RecordingLocalHost(_host())
+    host = RecordingHost(_host())
     async with SandboxPool(host, processes=2) as pool:
         return await record(pool, host, ACME, 100)
 
@@ -327,7 +290,7 @@ async def test_a_hostile_accounts_replays_leave_anothers_unchanged(
     hostile = Script(
         name=attack, source=HOSTILE[attack], account="mallory", version=1, timeout_ms=300, memory_mb=32
     )
-    host = RecordingLocalHost(LocalHost())
+    host = RecordingHost(LocalHost())
     async with SandboxPool(host, processes=2) as pool:
         bad = await record(pool, host, hostile, 3)
     mixed: list[RecordedRun] = []

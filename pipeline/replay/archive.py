@@ -147,8 +147,25 @@ class Archive:
         self._file.close()
 
     def __iter__(self) -> Iterator[RecordedRun]:
-        index = 0
-        records: Iterator[dict[str, Any]] = iter(self._reader(self._resolve))
+        return self._decoded(iter(self._reader(self._resolve)), 0)
+
+    def shard(self, index: int, shards: int) -> Iterator[RecordedRun]:
+        """The runs of every ``shards``-th block from block ``index`` on: the share of one of
+        ``shards`` processes replaying the file together. Other blocks are not decoded."""
+        self._file.seek(0)
+        try:
+            blocks = fastavro.block_reader(self._file, reader_schema=self._resolve)
+        except Exception as exc:
+            raise UsageError(f"{self.path} is not an Avro object container file ({_what(exc)})") from None
+        first = 0  # the index in the file of the block's first record, for error messages
+        for number, block in enumerate(blocks):
+            if number % shards == index:
+                yield from self._decoded(iter(block), first)  # type: ignore[arg-type]
+            first += block.num_records
+
+    def _decoded(self, records: Iterator[dict[str, Any]], index: int) -> Iterator[RecordedRun]:
+        """The records of ``records`` as runs, the first being record ``index`` of the file; a
+        record that does not decode is an error naming it."""
         while True:
             where = f"{self.path} record {index}"
             try:

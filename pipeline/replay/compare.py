@@ -100,6 +100,16 @@ class ReplaySummary:
             self.unrecorded += 1
         self.outcomes[run.transition] += 1
 
+    def merge(self, other: ReplaySummary) -> None:
+        """Adds ``other``'s counts (another shard of the same replay, over the same time)."""
+        self.replayed += other.replayed
+        self.same += other.same
+        self.changed += other.changed
+        self.not_replayable += other.not_replayable
+        self.unrecorded += other.unrecorded
+        self.outcomes.update(other.outcomes)
+        self.seconds = max(self.seconds, other.seconds)
+
     @property
     def rate_per_s(self) -> float:
         return self.replayed / self.seconds if self.seconds > 0 else 0.0
