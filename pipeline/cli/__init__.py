@@ -28,6 +28,7 @@ COMMANDS = (
     "cdr",
     "asr",
     "logs",
+    "recording",
     "record",
     "replay",
     "bench",
