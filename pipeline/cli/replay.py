@@ -65,7 +65,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"--rate must be a positive number of runs a second, not {args.rate}")
     with open_archive(args.file) as archive:
         out = _live(args, settings, archive) if args.live else _replay(args, settings, archive)
-    json.dump(out, sys.stdout)
+    # the outcome counts' keys read "ok → 603": printed as they are, not as \u2192
+    json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0
 
