@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.cli.args import positive
 from pipeline.errors import BrokerError, CodecError
 from pipeline.kafka.connection import client_config
+from pipeline.kafka.reading import BATCH, POLL_SECONDS, batches_until_read
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec, where
 from pipeline.wire.records import RunLog, script_key
@@ -37,10 +38,6 @@ from pipeline.wire.topics import Topics, create_topics
 SCAN_PER_PARTITION = 10_000
 #: how long to wait for the broker to answer at all
 BROKER_TIMEOUT = 10.0
-#: reading the recent runs gives up when no record nor end of partition comes for this long
-STALL_TIMEOUT = 30.0
-#: one wait for records: short, so Ctrl-C and a stop event are noticed at once
-POLL_SECONDS = 0.2
 #: the characters of the summary after the run's figures
 SUMMARY_CHARS = 100
 
@@ -193,17 +190,9 @@ class RunLogReader:
         kept: dict[int, collections.deque[tuple[RunLog, int]]] = collections.defaultdict(
             lambda: collections.deque(maxlen=limit)
         )
-        last_progress = time.monotonic()
-        while self._pending:
-            messages = self._assigned.consume(num_messages=500, timeout=POLL_SECONDS)
-            if messages:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_TIMEOUT:
-                raise BrokerError(
-                    f"Kafka at {self.settings.broker}: {self.topic} partition(s) "
-                    f"{', '.join(map(str, sorted(self._pending)))} not read to their end: nothing came "
-                    f"for {STALL_TIMEOUT:.0f} s"
-                )
+        for messages in batches_until_read(
+            self._assigned, self._pending, topic=self.topic, broker=self.settings.broker
+        ):
             for msg in messages:
                 run = self._run(msg)
                 if run is not None:
@@ -217,7 +206,7 @@ class RunLogReader:
     def new_runs(self, stop: threading.Event) -> Iterator[RunLog]:
         """The script's runs as they are committed, until ``stop`` is set."""
         while not stop.is_set():
-            for msg in self._assigned.consume(num_messages=500, timeout=POLL_SECONDS):
+            for msg in self._assigned.consume(num_messages=BATCH, timeout=POLL_SECONDS):
                 run = self._run(msg)
                 if run is not None:
                     yield run

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, CodecError, ScriptForgeError
 from pipeline.kafka.connection import client_config
+from pipeline.kafka.reading import batches_until_read
 from pipeline.replay.archive import write_archive
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
@@ -39,10 +40,6 @@ from pipeline.wire.topics import Topics
 
 #: how long to wait for the broker to answer at all
 BROKER_TIMEOUT = 10.0
-#: reading gives up when no record nor end of partition comes for this long
-STALL_TIMEOUT = 30.0
-#: one wait for records: short, so Ctrl-C is noticed at once
-POLL_SECONDS = 0.2
 #: how far past ``to`` a record's timestamp must be before its partition is left: the largest
 #: difference expected between two workers' clocks, and between a run's produce and its commit
 CLOCK_SKEW_MS = 60_000
@@ -150,17 +147,7 @@ class RecordingsReader:
         """The script's runs of the time range, in offset order within each partition."""
         consumer = self._assigned
         pending = set(self._spans)
-        last_progress = time.monotonic()
-        while pending:
-            messages = consumer.consume(num_messages=500, timeout=POLL_SECONDS)
-            if messages:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_TIMEOUT:
-                raise BrokerError(
-                    f"Kafka at {self.settings.broker}: {self.topic} partition(s) "
-                    f"{', '.join(map(str, sorted(pending)))} not read to their end: nothing came for "
-                    f"{STALL_TIMEOUT:.0f} s"
-                )
+        for messages in batches_until_read(consumer, pending, topic=self.topic, broker=self.settings.broker):
             for msg in messages:
                 partition = msg.partition() or 0
                 if partition not in pending:
