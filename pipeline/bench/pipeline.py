@@ -1,5 +1,5 @@
 """``scriptforge bench pipeline``: ScriptForge's round trip and throughput, exactly-once and
-at-least-once, beside a bare Kafka echo.
+at-least-once, or with recording for replay off and on, beside a bare Kafka echo.
 
 All are measured in one run, against the same broker, by the same load generator and the same reply
 reader, so only the thing answering differs:
@@ -7,12 +7,25 @@ reader, so only the thing answering differs:
 - **echo**: a separate process running a confluent-kafka consumer→producer loop that does no work: it
   consumes a request topic with the invocations topic's partition count and produces each request's
   bytes to the reply topic named in its header, keyed by the call id of its header (as a worker does);
-- **ScriptForge**, once per processing guarantee (``--guarantees``, default
-  ``exactly_once,at_least_once``): one ``scriptforge worker`` subprocess with
-  SCRIPTFORGE_PROCESSING_GUARANTEE set to it, its own topic prefix and data directory, running a
-  routing script deployed under several names (so lanes run in parallel), replying by call id. The
-  workers run one after the other, never two at once: each one is started, measured and stopped
-  before the next is started.
+- **ScriptForge**, once per *configuration* (a processing guarantee and a recording rate): one
+  ``scriptforge worker`` subprocess with SCRIPTFORGE_PROCESSING_GUARANTEE and SCRIPTFORGE_RECORD_RATE
+  set to it, its own topic prefix and data directory, running a routing script deployed under several
+  names (so lanes run in parallel), replying by call id. The workers run one after the other, never two
+  at once: each one is started, measured and stopped before the next is started.
+
+The configurations (:func:`configurations`), each named in the report by its guarantee, with
+``+recording`` when it records:
+
+- by default, one per processing guarantee (``--guarantees``, default
+  ``exactly_once,at_least_once``), recording nothing: ``record_rate`` 0 is set explicitly, since a
+  worker's own default records every run and the guarantees are to be compared on the work they
+  always do; they run ``sandbox.bench.ROUTING_SCRIPT`` (no host calls);
+- with ``--recording``, the first guarantee listed (default exactly_once), twice: recording off
+  (``exactly_once``, ``record_rate`` 0) and on (``exactly_once+recording``, ``record_rate`` 1, every
+  run recorded). Both run :data:`HOST_CALL_SCRIPT`, the routing script with the two host calls a
+  routing script typically makes (a ``datastore.incr``, an ``api.lookup.userspaceLookup``), so that the
+  cost measured includes the journal of host calls and the datastore's values before the run, not only
+  the ``RecordedRun`` record produced in the worker's transaction.
 
 The load generator is :class:`pipeline.client.client.InvocationClient` itself (its producer, its ``send`` with
 the request headers, its reply topic and consumer settings); only its reply thread is replaced by one
@@ -24,14 +37,15 @@ clock of every request queued behind it (no coordinated omission).
 Phases: a fixed-rate phase (``--rate`` for ``--seconds``: p50/p99/max, lost) and a ramp (``--ramp``
 rates for ``--ramp-seconds`` each; a step is sustainable when every request got an ok reply and its
 p99 stayed under ``--p99-limit-ms``; the maximum sustainable rate is the last such step before the
-first that is not). For each guarantee in turn, its worker is started and its fixed phase runs in
+first that is not). For each configuration in turn, its worker is started and its fixed phase runs in
 ``--rounds`` rounds alternating with the echo's (echo, ScriptForge, echo, ...), then its ramp, then
 its drain (below), then the worker stops. The echo runs throughout: its fixed phase is all its rounds
-(``--rounds`` beside each guarantee) pooled, and its ramp runs once, last, with no worker running.
-Ratios are each guarantee's to the echo and exactly-once's to at-least-once. One JSON line on stdout
-(each guarantee's figures under ``sf``, keyed by guarantee), a summary on stderr; exit 1 if any
-request of any phase got no reply at all (after a final drain), else 0, whether the targets are met
-or not.
+(``--rounds`` beside each configuration) pooled, and its ramp runs once, last, with no worker running.
+Ratios are each configuration's to the echo, exactly-once's to at-least-once (when both ran) and
+recording on to off (``--recording``). One JSON line on stdout (each configuration's figures under
+``sf``, keyed by its name), a summary on stderr; exit 1 if any request of any phase got no reply at all
+(after a final drain) or a worker did not record what its rate says (below), else 0, whether the
+targets are met or not.
 
 Then, for each ScriptForge worker, its own capacity (``--drain N``): the worker is stopped, N requests
 are produced into the topic at once, a fresh worker is started on them, and its replies are timed from
@@ -42,11 +56,17 @@ measures what one worker does when it has the cores it can get.
 Each phase also reports CPU ms per request by component (load generator, broker, worker, sandboxes,
 the whole machine) from /proc (``pipeline.bench.cpu``).
 
-``--profile-worker FILE`` runs each worker under cProfile, into FILE with its guarantee in the name
+What each worker recorded (``recordings`` of each configuration) is read once it has stopped, from the
+end offsets of its prefix's recordings topic, against the replies it gave (warm-up included): none at
+rate 0, about one per reply at rate 1 (:func:`recordings_as_expected`). In exactly-once mode the end
+offsets also count one commit marker per partition a transaction wrote, so there the count is a little
+high, most at low rates.
+
+``--profile-worker FILE`` runs each worker under cProfile, into FILE with its configuration in the name
 (``worker.prof``: ``worker.exactly_once.prof``; the drain's fresh worker into
 ``worker.exactly_once.drain.prof``), written when it stops; the reply breakdown (``breakdown`` of each
-guarantee) uses the worker's own timestamps in each reply (received, started, finished) to show where
-the time goes between the scheduled send and the reply's arrival.
+configuration) uses the worker's own timestamps in each reply (received, started, finished) to show
+where the time goes between the scheduled send and the reply's arrival.
 """
 
 from __future__ import annotations
@@ -71,7 +91,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
@@ -108,6 +128,26 @@ ROUTING_VARS: dict[str, Any] = {
         ],
     }
 }
+
+#: ``sandbox.bench.ROUTING_SCRIPT`` with the two host calls a routing script typically makes: a count of
+#: calls to the destination (a ``datastore.incr`` with an expiry, as a rate limit keeps it) and a
+#: do-not-call look-up (an ``api.lookup.userspaceLookup`` in a list the bench leaves empty, so it
+#: answers 404 and the call goes on). ``--recording`` runs it recording on and off, so that the "on"
+#: side journals host calls and a datastore value before the run, as a real script's recording does.
+HOST_CALL_SCRIPT = """
+async function main(data) {
+  const r = data.routing;
+  if (r.dest_number.startsWith('1900')) throw new Error('403 Premium numbers barred');
+  const calls = await datastore.incr('calls:' + r.dest_number, 1, 60);
+  let listed = true;
+  try { await api.lookup.userspaceLookup('DNC', r.dest_number); }
+  catch (e) { if (e[0] !== 404) throw e; listed = false; }
+  if (listed) throw new Error('603 Declined (DNC)');
+  r.egress_routing = r.egress_routing.filter(function (d) { return d.gw; });
+  r.headers = [{ key: 'X-Screened', value: 'yes' }, { key: 'X-Calls', value: String(calls) }];
+  return data;
+}
+"""
 
 #: the echo's librdkafka settings (low-latency: docs/dependencies.md); the worker's are in
 #: pipeline.worker.worker.consumer_config
@@ -440,11 +480,37 @@ def breakdown(phase: Phase, wall_minus_perf: float) -> dict[str, dict[str, float
 GUARANTEES = ("exactly_once", "at_least_once")
 
 
+@dataclass(frozen=True)
+class Config:
+    """What one ScriptForge worker under test runs with: a processing guarantee and the share of runs it
+    records for replay (SCRIPTFORGE_RECORD_RATE)."""
+
+    guarantee: str
+    record_rate: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """How the report names it: the guarantee, with ``+recording`` when it records (and its rate
+        when that is not every run)."""
+        if not self.record_rate:
+            return self.guarantee
+        share = "" if self.record_rate == 1.0 else f"{self.record_rate:g}"
+        return f"{self.guarantee}+recording{share}"
+
+
+def configurations(guarantees: Sequence[str], recording: bool) -> list[Config]:
+    """The workers to measure, in order: one per guarantee, recording nothing; or, with ``recording``,
+    the first guarantee with recording off, then on."""
+    if recording:
+        return [Config(guarantees[0], 0.0), Config(guarantees[0], 1.0)]
+    return [Config(g, 0.0) for g in guarantees]
+
+
 @dataclass
 class Target:
     name: str
-    #: ScriptForge's processing guarantee (None: the echo)
-    guarantee: str | None = None
+    #: what a ScriptForge worker runs with (None: the echo)
+    config: Config | None = None
     fixed: Phase | None = None  # the fixed rounds pooled (after the final drain)
     fixed_parts: list[Phase] = field(default_factory=list)
     ramp: list[Phase] = field(default_factory=list)
@@ -468,8 +534,20 @@ class Options:
     profile_worker: str | None
     drain: int = 0
     rounds: int = 5
-    #: one ScriptForge worker per guarantee, measured in this order
+    #: the guarantees measured, in this order (with ``recording``, only the first)
     guarantees: list[str] = field(default_factory=lambda: list(GUARANTEES))
+    #: the first guarantee with recording off and on, instead of one worker per guarantee
+    recording: bool = False
+
+    @property
+    def configs(self) -> list[Config]:
+        return configurations(self.guarantees, self.recording)
+
+    @property
+    def script(self) -> str:
+        """The script every worker runs: with host calls when recording is compared (their journal is
+        part of what recording costs)."""
+        return HOST_CALL_SCRIPT if self.recording else ROUTING_SCRIPT
 
 
 @dataclass
@@ -592,40 +670,43 @@ async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> As
             log.close()
 
 
-def profile_path(file: str | None, guarantee: str, *, drain: bool = False) -> str | None:
-    """Where ``--profile-worker FILE`` puts one worker's profile: FILE with the guarantee (and, for the
-    drain's fresh worker, ``drain``) before its suffix."""
+def profile_path(file: str | None, name: str, *, drain: bool = False) -> str | None:
+    """Where ``--profile-worker FILE`` puts one worker's profile: FILE with its configuration's name
+    (and, for the drain's fresh worker, ``drain``) before its suffix."""
     if not file:
         return None
     path = Path(file)
-    middle = f".{guarantee}.drain" if drain else f".{guarantee}"
+    middle = f".{name}.drain" if drain else f".{name}"
     return str(path.with_name(f"{path.stem}{middle}{path.suffix}"))
 
 
-def sf_prefix(prefix: str, guarantee: str) -> str:
-    """The topic prefix of the ScriptForge worker of ``guarantee`` (``bench1a2b3c4d-exactly-once``)."""
-    return f"{prefix}-{guarantee.replace('_', '-')}"
+def sf_prefix(prefix: str, name: str) -> str:
+    """The topic prefix of the ScriptForge worker of the configuration ``name``
+    (``bench1a2b3c4d-exactly-once``, ``bench1a2b3c4d-exactly-once-recording``): a topic name allows
+    neither ``_`` in this scheme nor ``+`` at all."""
+    return f"{prefix}-{name.replace('_', '-').replace('+', '-')}"
 
 
 @contextlib.asynccontextmanager
 async def _scriptforge(
-    base: Settings, prefix: str, opts: Options, workdir: Path, guarantee: str
+    base: Settings, prefix: str, opts: Options, workdir: Path, config: Config
 ) -> AsyncIterator[Contender]:
-    """A ScriptForge worker of ``guarantee``, deployed, started and answering; stopped on exit."""
-    workdir = workdir / guarantee
+    """A ScriptForge worker of ``config``, deployed, started and answering; stopped on exit."""
+    workdir = workdir / config.name
     settings = dataclasses.replace(
         base,
-        topic_prefix=sf_prefix(prefix, guarantee),
+        topic_prefix=sf_prefix(prefix, config.name),
         metrics_port=0,
         data_dir=workdir / "data",
-        processing_guarantee=guarantee,
+        processing_guarantee=config.guarantee,
+        record_rate=config.record_rate,
     )
     names = [f"route{i}" for i in range(opts.scripts)]
     registry = ScriptRegistry(settings)
     await asyncio.to_thread(registry.start)
     try:
         for name in names:
-            await asyncio.to_thread(registry.deploy, "default", name, ROUTING_SCRIPT)
+            await asyncio.to_thread(registry.deploy, "default", name, opts.script)
     finally:
         registry.close()
     # metrics_port is 0 in these settings: the worker serves no metrics port during the bench
@@ -640,8 +721,8 @@ async def _scriptforge(
             "worker",
         ]
 
-    cmd = command(profile_path(opts.profile_worker, guarantee))
-    drain_cmd = command(profile_path(opts.profile_worker, guarantee, drain=True))
+    cmd = command(profile_path(opts.profile_worker, config.name))
+    drain_cmd = command(profile_path(opts.profile_worker, config.name, drain=True))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "worker.log"
     log = log_path.open("wb")
@@ -663,15 +744,16 @@ async def _scriptforge(
             sandboxes = functools.partial(descendants_cpu_s, proc.pid)
             meter = CpuMeter({**_common_cpu(), "worker": worker, "sandboxes": sandboxes})
             driver = PhaseDriver(client, names, opts.timeout_ms, meter)
-            target = Target(f"ScriptForge {guarantee}", guarantee=guarantee)
+            target = Target(f"ScriptForge {config.name}", config=config)
             target.extra["topic_prefix"] = settings.topic_prefix
+            target.extra["recordings_topic"] = client.topics.recordings
             try:
                 target.extra["startup_s"] = round(
                     await asyncio.to_thread(driver.warm_up, 90.0, lambda: proc.poll() is None), 2
                 )
             except RuntimeError as exc:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the {guarantee} worker did not answer: {exc}\n{tail}") from None
+                raise RuntimeError(f"the {config.name} worker did not answer: {exc}\n{tail}") from None
             contender = Contender(target, driver, proc, check_errors=True, stop=stop, start=start)
             yield contender
             target.extra["client_duplicates"] = client.duplicates
@@ -681,7 +763,7 @@ async def _scriptforge(
 
 
 def _segment(echo: Contender, sf: Contender, opts: Options) -> None:
-    """One guarantee's turn, its worker the only one running: both warm; the fixed rate in rounds
+    """One configuration's turn, its worker the only one running: both warm; the fixed rate in rounds
     alternating with the echo's; its ramp alone (the echo idle); its late replies; its drain."""
     for c in (echo, sf):
         _warm(c, opts)
@@ -762,6 +844,58 @@ def _delete_prefix(settings: Settings, prefix: str) -> int:
     return len(names)
 
 
+# ---- what the workers recorded ------------------------------------------------------------------
+#: how far a recording worker's count may fall short of one per reply: every run is recorded with its
+#: reply, so short means runs went unrecorded; the slack is for replies to requests that never ran (an
+#: expired deadline is answered without a run, and without a recording)
+RECORDINGS_SHORT = 0.02
+#: how far above one per reply the count may be: in exactly-once mode each transaction's commit adds a
+#: marker to every partition it wrote, and at a low rate (a transaction every 500 ms holding a few runs)
+#: the markers are a large share of the offsets
+RECORDINGS_OVER = 0.5
+
+
+def recordings_written(broker: str, topic: str) -> int:
+    """How many records ``topic`` holds, from each partition's offsets (end minus start): cheap at any
+    volume, but in exactly-once mode the commit markers are counted too."""
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": f"bench-count-{uuid.uuid4().hex[:8]}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        total = 0
+        for partition in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def recordings_as_expected(written: int, answered: int, record_rate: float) -> bool:
+    """Whether a worker recorded what its rate says: nothing at 0; else about ``record_rate`` of the
+    requests it answered (``written`` may count commit markers: RECORDINGS_OVER)."""
+    if not record_rate:
+        return written == 0
+    expected = record_rate * answered
+    return written > 0 and expected * (1 - RECORDINGS_SHORT) <= written <= expected * (1 + RECORDINGS_OVER)
+
+
+def _recordings(broker: str, sf: Contender) -> dict[str, Any]:
+    """What one worker (stopped: its last transaction committed) recorded, against the replies its
+    client read over the worker's whole life (warm-up and drain included: those runs are recorded too)."""
+    assert sf.target.config is not None
+    written = recordings_written(broker, sf.target.extra["recordings_topic"])
+    answered = len(sf.driver.client.arrivals)
+    return {
+        "topic": sf.target.extra["recordings_topic"],
+        "written": written,
+        "answered": answered,
+        "per_reply": _ratio(written, answered),
+        "as_expected": recordings_as_expected(written, answered, sf.target.config.record_rate),
+    }
+
+
 # ---- report -------------------------------------------------------------------------------------
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or a != a or b != b:
@@ -776,8 +910,8 @@ def _quietest(target: Target) -> float | None:
 
 
 def _sf_report(sf: Target, echo: Target, e: dict[str, Any], opts: Options) -> dict[str, Any]:
-    """One guarantee's figures, its ratios to the echo and its targets."""
-    assert sf.fixed is not None
+    """One configuration's figures, its ratios to the echo, its targets and what it recorded."""
+    assert sf.fixed is not None and sf.config is not None
     s = summarize(sf.fixed)
     phases = [sf.fixed, *sf.ramp]
     drain = sf.extra.get("drain") or {}
@@ -790,7 +924,9 @@ def _sf_report(sf: Target, echo: Target, e: dict[str, Any], opts: Options) -> di
     quiet_p99_ratio = _ratio(s_quiet, e_quiet) if e_quiet and s_quiet else None
     first, end = sf.extra.get("echo_rounds", (0, 0))
     return {
-        "guarantee": sf.guarantee,
+        "guarantee": sf.config.guarantee,
+        "configuration": sf.config.name,
+        "record_rate": sf.config.record_rate,
         "p50_ms": s["p50_ms"],
         "p99_ms": s["p99_ms"],
         "max_ms": s["max_ms"],
@@ -815,7 +951,7 @@ def _sf_report(sf: Target, echo: Target, e: dict[str, Any], opts: Options) -> di
         "breakdown": sf.extra.get("breakdown"),
         "drain": drain or None,
         "round_p99_ms": sf.extra.get("round_p99_ms"),
-        # the echo's rounds this guarantee's alternated with
+        # the echo's rounds this configuration's alternated with
         "echo_round_p99_ms": [summarize(p)["p99_ms"] for p in echo.fixed_parts[first:end]],
         "targets": {
             "p99_within_2x_echo": quiet_p99_ratio is not None and quiet_p99_ratio <= 2.0,
@@ -824,24 +960,44 @@ def _sf_report(sf: Target, echo: Target, e: dict[str, Any], opts: Options) -> di
         },
         "topic_prefix": sf.extra.get("topic_prefix"),
         "worker_startup_s": sf.extra.get("startup_s"),
-        "profile_worker": profile_path(opts.profile_worker, sf.guarantee or ""),
+        "profile_worker": profile_path(opts.profile_worker, sf.config.name),
+        "recordings": sf.extra.get("recordings"),
     }
 
 
-def _compare_guarantees(eo: dict[str, Any] | None, alo: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Exactly-once's figures over at-least-once's (None unless both ran)."""
-    if eo is None or alo is None:
+def compare(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One configuration's figures over another's (``_sf_report``s; None unless both ran): exactly-once
+    over at-least-once, recording on over off."""
+    if a is None or b is None:
         return None
-    eo_cpu, alo_cpu = eo["fixed"]["cpu_ms_per_request"] or {}, alo["fixed"]["cpu_ms_per_request"] or {}
+    a_cpu, b_cpu = a["fixed"]["cpu_ms_per_request"] or {}, b["fixed"]["cpu_ms_per_request"] or {}
+    a_drain, b_drain = (s["drain"]["cpu_ms_per_request"] if s.get("drain") else {} for s in (a, b))
     return {
-        "p50_ratio": _ratio(eo["p50_ms"], alo["p50_ms"]),
-        "p99_ratio": _ratio(eo["p99_ms"], alo["p99_ms"]),
-        "max_ratio": _ratio(eo["max_ms"], alo["max_ms"]),
-        "quiet_p99_ratio": _ratio(eo["quiet_p99_ms"], alo["quiet_p99_ms"]),
-        "max_rate_ratio": _ratio(eo["max_rate"], alo["max_rate"]),
-        "peak_replies_per_s_ratio": _ratio(eo["peak_replies_per_s"], alo["peak_replies_per_s"]),
-        "drain_rate_ratio": _ratio(eo["drain_rate"], alo["drain_rate"]),
-        "cpu_ms_per_request_ratio": {k: _ratio(v, alo_cpu.get(k)) for k, v in eo_cpu.items()},
+        "p50_ratio": _ratio(a["p50_ms"], b["p50_ms"]),
+        "p99_ratio": _ratio(a["p99_ms"], b["p99_ms"]),
+        "max_ratio": _ratio(a["max_ms"], b["max_ms"]),
+        "quiet_p99_ratio": _ratio(a["quiet_p99_ms"], b["quiet_p99_ms"]),
+        "max_rate_ratio": _ratio(a["max_rate"], b["max_rate"]),
+        "peak_replies_per_s_ratio": _ratio(a["peak_replies_per_s"], b["peak_replies_per_s"]),
+        "drain_rate_ratio": _ratio(a["drain_rate"], b["drain_rate"]),
+        "cpu_ms_per_request_ratio": {k: _ratio(v, b_cpu.get(k)) for k, v in a_cpu.items()},
+        # the drain's: one worker with the load generator idle, the least disturbed of the CPU figures
+        "drain_cpu_ms_per_request_ratio": {k: _ratio(v, b_drain.get(k)) for k, v in a_drain.items()},
+    }
+
+
+def _recording_report(sf: dict[str, dict[str, Any]], opts: Options) -> dict[str, Any] | None:
+    """``--recording``: recording on over off, and whether the "on" worker recorded (None without)."""
+    if not opts.recording:
+        return None
+    off, on = (sf[c.name] for c in opts.configs)
+    return {
+        "off": off["configuration"],
+        "on": on["configuration"],
+        "on_to_off": compare(on, off),
+        "recordings_written": on["recordings"]["written"],
+        "answered": on["recordings"]["answered"],
+        "recorded": on["recordings"]["as_expected"],
     }
 
 
@@ -850,7 +1006,7 @@ def build_report(
 ) -> dict[str, Any]:
     assert echo.fixed is not None
     e = summarize(echo.fixed)
-    sf = {t.guarantee or t.name: _sf_report(t, echo, e, opts) for t in sfs}
+    sf = {t.config.name if t.config else t.name: _sf_report(t, echo, e, opts) for t in sfs}
     echo_phases = [echo.fixed, *echo.ramp]
     sent = sum(p.n for p in echo_phases) + sum(r["sent"] for r in sf.values())
     replies = sum(p.replies for p in echo_phases) + sum(r["replies"] for r in sf.values())
@@ -861,7 +1017,7 @@ def build_report(
         "benchmark": "pipeline",
         "rate": opts.rate,
         "seconds": opts.seconds,
-        "guarantees": [t.guarantee for t in sfs],
+        "guarantees": list(dict.fromkeys(t.config.guarantee for t in sfs if t.config)),
         "echo_p50_ms": e["p50_ms"],
         "echo_p99_ms": e["p99_ms"],
         "echo_max_ms": e["max_ms"],
@@ -869,9 +1025,10 @@ def build_report(
         "echo_max_rate": echo.max_rate,
         "echo_max_rate_is_ramp_cap": bool(opts.ramp) and echo.max_rate == opts.ramp[-1],
         "echo_peak_replies_per_s": max((summarize(p)["replies_per_s"] for p in echo.ramp), default=0.0),
-        # ScriptForge, by processing guarantee, in the order measured
+        # ScriptForge, by configuration (exactly_once, exactly_once+recording, ...), in the order measured
         "sf": sf,
-        "exactly_once_to_at_least_once": _compare_guarantees(sf.get("exactly_once"), sf.get("at_least_once")),
+        "exactly_once_to_at_least_once": compare(sf.get("exactly_once"), sf.get("at_least_once")),
+        "recording": _recording_report(sf, opts),
         "sent": sent,
         "replies": replies,
         "lost": lost,
@@ -893,6 +1050,7 @@ def build_report(
             "p99_limit_ms": opts.p99_limit_ms,
             "timeout_ms": opts.timeout_ms,
             "grace_s": opts.grace,
+            "script": "HOST_CALL_SCRIPT" if opts.recording else "sandbox.bench.ROUTING_SCRIPT",
             "echo_consumer": ECHO_CONSUMER,
             "echo_producer": ECHO_PRODUCER,
             "client": (
@@ -905,13 +1063,48 @@ def build_report(
         "cores": os.cpu_count(),
         "note": (
             "load generator, echo/worker, sandbox processes and broker share these cores; the workers "
-            "of the guarantees ran one after the other, never two at once"
+            "of the configurations ran one after the other, never two at once"
         ),
     }
 
 
 def _x(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio}x"
+
+
+def _cpu_ratios(ratios: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {_x(v)}" for k, v in ratios.items() if k != "cores_busy")
+
+
+def _comparisons(r: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(label, ratios, one's figures, the other's) of each comparison between configurations the run
+    made: exactly-once to at-least-once, recording on to off."""
+    sf, out = r["sf"], []
+    if r["exactly_once_to_at_least_once"]:
+        c = r["exactly_once_to_at_least_once"]
+        out.append(("exactly_once / at_least_once", c, sf["exactly_once"], sf["at_least_once"]))
+    recording = r.get("recording")
+    if recording:
+        on, off = recording["on"], recording["off"]
+        out.append((f"{on} / {off}", recording["on_to_off"], sf[on], sf[off]))
+    return out
+
+
+def recordings_line(name: str, s: dict[str, Any]) -> str:
+    """What one configuration's worker recorded, and whether that is what its rate says."""
+    rec = s["recordings"]
+    counted = f"{rec['written']} records in {rec['topic']} for {rec['answered']} replies"
+    if rec["as_expected"]:
+        state = "recording off" if not s["record_rate"] else f"{rec['per_reply']} per reply"
+        return f"recordings, {name}: {counted} ({state})"
+    if s["record_rate"]:
+        return f"RECORDING DID NOT HAPPEN, {name}: {counted}, expected about {s['record_rate']:g} per reply"
+    return f"RECORDING WAS NOT OFF, {name} (record_rate 0): {counted}"
+
+
+def recording_failed(r: dict[str, Any]) -> bool:
+    """Whether any worker did not record what its rate says: the comparison would not be what it claims."""
+    return any(s["recordings"] and not s["recordings"]["as_expected"] for s in r["sf"].values())
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -922,7 +1115,7 @@ def format_report(r: dict[str, Any]) -> str:
     width = max((len(g) for g in sf), default=0)
     lines = [
         f"pipeline bench on {r['cores']} cores (load generator, worker, sandboxes, broker all share them)",
-        f"at {r['rate']} req/s for {r['seconds']:g} s each, in {r['settings']['rounds']} rounds per guarantee"
+        f"at {r['rate']} req/s for {r['seconds']:g} s each, in {r['settings']['rounds']} rounds per worker"
         " alternating with the echo's, one worker at a time (open loop, latency from the scheduled send):",
         f"  {'bare Kafka echo':<{width + 12}}   p50 {r['echo_p50_ms']:7.2f} ms"
         f"  p99 {r['echo_p99_ms']:7.2f} ms  max {r['echo_max_ms']:7.2f} ms",
@@ -940,12 +1133,11 @@ def format_report(r: dict[str, Any]) -> str:
             f" {s['quiet_p99_ms']} / {r['echo_quiet_p99_ms']} ms = {_x(s['quiet_p99_ratio'])}"
             f"   (target p99 <= 2x, quietest rounds: {mark(s['targets']['p99_within_2x_echo'])})"
         )
-    c = r["exactly_once_to_at_least_once"]
-    if c:
-        eo, alo = sf["exactly_once"], sf["at_least_once"]
+    comparisons = _comparisons(r)
+    for label, c, a, b in comparisons:
         lines.append(
-            f"  ratio exactly_once / at_least_once: p50 {_x(c['p50_ratio'])}  p99 {_x(c['p99_ratio'])}"
-            f"  quietest rounds' p99 {eo['quiet_p99_ms']} / {alo['quiet_p99_ms']} ms"
+            f"  ratio {label}: p50 {_x(c['p50_ratio'])}  p99 {_x(c['p99_ratio'])}"
+            f"  quietest rounds' p99 {a['quiet_p99_ms']} / {b['quiet_p99_ms']} ms"
             f" = {_x(c['quiet_p99_ratio'])}"
         )
     rates = ", ".join(
@@ -957,10 +1149,10 @@ def format_report(r: dict[str, Any]) -> str:
         f"echo {r['echo_max_rate']}/s (peak {r['echo_peak_replies_per_s']}/s), {rates}"
         f"   (target >= 5000/s: {marks})"
     )
-    if c:
+    for label, c, _, _ in comparisons:
         drain_ratio = f", drain {_x(c['drain_rate_ratio'])}" if c["drain_rate_ratio"] is not None else ""
         lines.append(
-            f"  ratio exactly_once / at_least_once: max sustainable rate {_x(c['max_rate_ratio'])},"
+            f"  ratio {label}: max sustainable rate {_x(c['max_rate_ratio'])},"
             f" peak {_x(c['peak_replies_per_s_ratio'])}{drain_ratio}"
         )
     by_system = ", ".join([f"echo {r['echo_lost']}", *(f"{g} {s['lost']}" for g, s in sf.items())])
@@ -976,11 +1168,13 @@ def format_report(r: dict[str, Any]) -> str:
             parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "cores_busy")
             busy = cpu["cores_busy"]
             lines.append(f"{name} CPU ms per request at {r['rate']}/s: {parts} ({busy} cores busy)")
-    if c and c["cpu_ms_per_request_ratio"]:
-        parts = ", ".join(
-            f"{k} {_x(v)}" for k, v in c["cpu_ms_per_request_ratio"].items() if k != "cores_busy"
-        )
-        lines.append(f"  ratio exactly_once / at_least_once, CPU ms per request at {r['rate']}/s: {parts}")
+    for label, c, _, _ in comparisons:
+        if c["cpu_ms_per_request_ratio"]:
+            cpu_ratios = _cpu_ratios(c["cpu_ms_per_request_ratio"])
+            lines.append(f"  ratio {label}, CPU ms per request at {r['rate']}/s: {cpu_ratios}")
+        if c["drain_cpu_ms_per_request_ratio"]:
+            cpu_ratios = _cpu_ratios(c["drain_cpu_ms_per_request_ratio"])
+            lines.append(f"  ratio {label}, CPU ms per request draining a backlog: {cpu_ratios}")
     for g, s in sf.items():
         drain = s["drain"]
         if drain:
@@ -1001,6 +1195,8 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(
                 f"ScriptForge {g} round trip by part, p50/p99 ms (worker clock, 1 ms steps): {parts}"
             )
+    # last, where a run whose recording did not happen (its comparison void) cannot be missed
+    lines.extend(recordings_line(g, s) for g, s in sf.items() if s["recordings"])
     return "\n".join(lines)
 
 
@@ -1034,6 +1230,7 @@ def options(args: argparse.Namespace) -> Options:
         drain=int(getattr(args, "drain", 0) or 0),
         rounds=int(getattr(args, "rounds", 5) or 1),
         guarantees=guarantees(getattr(args, "guarantees", None)),
+        recording=bool(getattr(args, "recording", False)),
     )
 
 
@@ -1044,9 +1241,10 @@ async def _bench(opts: Options, settings: Settings) -> dict[str, Any]:
         workdir = Path(tmp)
         try:
             async with _echo(settings, prefix, opts, workdir) as echo:
-                for guarantee in opts.guarantees:  # one worker at a time: each stops before the next
-                    async with _scriptforge(settings, prefix, opts, workdir, guarantee) as sf:
+                for config in opts.configs:  # one worker at a time: each stops before the next
+                    async with _scriptforge(settings, prefix, opts, workdir, config) as sf:
                         await asyncio.to_thread(_segment, echo, sf, opts)
+                    sf.target.extra["recordings"] = await asyncio.to_thread(_recordings, settings.broker, sf)
                     sfs.append(sf.target)
                 await asyncio.to_thread(_echo_last, echo, opts)
         finally:
@@ -1056,7 +1254,8 @@ async def _bench(opts: Options, settings: Settings) -> dict[str, Any]:
 
 
 def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:
-    """``scriptforge bench pipeline``: print the JSON report; 1 when any request got no reply."""
+    """``scriptforge bench pipeline``: print the JSON report; 1 when any request got no reply or any
+    worker did not record what its rate says."""
     opts = options(args)
     host, port = split_host_port(settings.broker)
     if probe_kafka(host, port) != "kafka":
@@ -1076,4 +1275,4 @@ def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:
         gc.unfreeze()
     print(format_report(report), file=sys.stderr)
     print(json.dumps(report), flush=True)
-    return 1 if report["lost"] else 0
+    return 1 if report["lost"] or recording_failed(report) else 0

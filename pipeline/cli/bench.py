@@ -40,12 +40,19 @@ def register(subparsers: Any) -> None:
         "--rounds",
         type=int,
         default=5,
-        help="the fixed phase in this many rounds, echo and ScriptForge in turn (for each guarantee)",
+        help="the fixed phase in this many rounds, echo and ScriptForge in turn (for each worker)",
     )
     pipeline.add_argument(
         "--guarantees",
         default="exactly_once,at_least_once",
-        help="comma-separated processing guarantees: one ScriptForge worker each, one after the other",
+        help="comma-separated processing guarantees: one ScriptForge worker each, one after the other, "
+        "recording nothing (SCRIPTFORGE_RECORD_RATE=0)",
+    )
+    pipeline.add_argument(
+        "--recording",
+        action="store_true",
+        help="instead, the first guarantee twice, recording off (rate 0) and on (rate 1), both running a "
+        "script with a datastore.incr and a userspaceLookup: what recording for replay costs",
     )
     pipeline.add_argument(
         "--drain", type=int, default=30_000, help="backlog one freshly started worker drains (0: skip)"
@@ -53,7 +60,7 @@ def register(subparsers: Any) -> None:
     pipeline.add_argument(
         "--profile-worker",
         metavar="FILE",
-        help="run each worker under cProfile into FILE, guarantee in its name",
+        help="run each worker under cProfile into FILE, its configuration in the name",
     )
     rebalance = p.add_argument_group("rebalance")
     rebalance.add_argument(
