@@ -161,18 +161,40 @@ def _limit_resources(headroom_mb: int) -> None:
 
 
 class _Channel:
-    """The child's end of the channel, with the blocking host-call round trip the runner uses."""
+    """The child's end of the channel, with the blocking host-call round trip the runner uses.
+
+    A replayed run comes with the host calls its original made (``answers``: ``[method, args, ok,
+    answer]`` each). While the run makes exactly those calls, in order, this process answers them
+    itself, with no round trip; the parent hears of them (``answered``) with the run's next message,
+    and its host session, answering the same calls from the same recording, keeps its books. From
+    the first call that differs, every call goes to the parent. A process that lies about what it
+    answered only misleads its own run's replay: the parent checks those calls as any others."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.run_id = 0
+        self.answers: list[Any] = []
+        self.answered: list[Any] = []
+
+    def start_run(self, run_id: int, answers: list[Any] | None) -> None:
+        self.run_id = run_id
+        self.answers = answers or []
+        self.answered = []
 
     def host(self, calls_json: str, deadline: float) -> str:
-        """Sends the run's host calls and waits for their results. Results tagged with another run id
-        are skipped: they answer an earlier run of the batch that ended (its deadline) while its
-        calls were out, and must not reach this one."""
-        tag = orjson.dumps({"run_id": self.run_id})
-        self.conn.send_bytes(b"C" + tag + b"\n" + calls_json.encode())
+        """Answers the run's host calls: from its recording while they match it, else from the parent.
+        Results tagged with another run id are skipped: they answer an earlier run of the batch that
+        ended (its deadline) while its calls were out, and must not reach this one."""
+        if self.answers:
+            local = self._from_recording(calls_json)
+            if local is not None:
+                return local
+        tag = orjson.dumps({"run_id": self.run_id, "answered": len(self.answered)})
+        body = calls_json.encode()
+        if self.answered:
+            body = orjson.dumps(self.answered)[:-1] + b"," + body[1:]
+            self.answered = []
+        self.conn.send_bytes(b"C" + tag + b"\n" + body)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.conn.poll(remaining):
@@ -183,6 +205,20 @@ class _Channel:
             head, _, results = data[1:].partition(b"\n")
             if head == tag:
                 return results.decode()
+
+    def _from_recording(self, calls_json: str) -> str | None:
+        """The results of ``calls_json`` when every call is the recording's next; else None, and the
+        recording is dropped (the run diverged: the parent answers from here on)."""
+        calls = orjson.loads(calls_json)
+        answers, results = self.answers, []
+        for index, (call_id, method, args) in enumerate(calls):
+            if index >= len(answers) or answers[index][0] != method or answers[index][1] != args:
+                self.answers = []
+                return None
+            results.append([call_id, answers[index][2], answers[index][3]])
+        self.answers = answers[len(calls) :]
+        self.answered.extend(calls)
+        return orjson.dumps(results).decode()
 
 
 class _WrongAccount(EOFError):
@@ -228,7 +264,7 @@ def _run_batch(
     for meta in batch["runs"]:
         end = start + meta["vars_len"]
         raw, start = blob[start:end], end
-        channel.run_id = meta["run_id"]
+        channel.start_run(meta["run_id"], meta.get("answers"))
         budget_ms = float(meta["limit_ms"])
         deadline_ms = meta.get("deadline_ms")
         if deadline_ms is not None:
@@ -260,7 +296,8 @@ def _run_batch(
             budget_ms=budget_ms,
             function=meta.get("function"),
         )
-        conn.send_bytes(_done(req.run_id, runner.run(req)))
+        result = runner.run(req)
+        conn.send_bytes(_done(req.run_id, result, channel.answered))
     return str(batch["account"])
 
 
@@ -269,10 +306,12 @@ def _refused(run_id: int, reason: str, code: int, message: str) -> bytes:
     return _done(run_id, RunResult(error={"reason": reason, "code": code, "message": message}))
 
 
-def _done(run_id: int, result: RunResult) -> bytes:
+def _done(run_id: int, result: RunResult, answered: list[Any] | None = None) -> bytes:
     meta: dict[str, Any] = {"run_id": run_id, "ms": result.duration_ms}
     if result.error is not None:
         meta["error"] = result.error
+    if answered:  # host calls this process answered from the run's recording since its last message
+        meta["answered"] = answered
     # the prelude's text escapes every lone surrogate, so it encodes; "replace" only guards the rule
     return b"D" + orjson.dumps(meta) + b"\n" + result.result_json.encode("utf-8", "replace")
 

@@ -34,7 +34,7 @@ from sandbox.fairshare import CpuUse, FairShare, Usage
 from sandbox.host import Host, HostCallError, HostSession
 from sandbox.limits import LimitError, check_script_limits
 from sandbox.process import SandboxProcess
-from sandbox.protocol import ProtocolViolation, decode_calls, decode_done
+from sandbox.protocol import ProtocolViolation, check_call_bounds, decode_calls, decode_done
 from sandbox.template import Template
 from sandbox.types import Invocation, Outcome, Reason, Script, ScriptType
 
@@ -503,6 +503,12 @@ class SandboxPool:
                     proc.warm.add(script.key)
                     self._stats.runs += 1
                     self._backoff.ended(script.key)
+                    if done.answered:  # calls it answered from the run's recording: the host hears of them
+                        state = runs[index]
+                        check_call_bounds(done.answered, state.calls, state.call_bytes + len(msg))
+                        if state.session is None:
+                            state.session = self._session(script, invocations[index])
+                        await self._host_calls(state.session, done.answered, proc.hard_deadline)
                     await _end(runs[index], index, done.outcome, on_outcome)
                     index += 1
                     if index < count:
@@ -514,7 +520,9 @@ class SandboxPool:
                     state.call_bytes += batch.size
                     if state.session is None:
                         state.session = self._session(script, invocations[index])
-                    results = await self._host_calls(state.session, batch.calls, proc.hard_deadline)
+                    results = await self._host_calls(
+                        state.session, batch.calls, proc.hard_deadline, answered=batch.answered
+                    )
                     # tagged with the run, see child._Channel
                     await proc.send(b"H" + batch.tag + b"\n" + results, proc.hard_deadline)
                 elif kind == b"N":
@@ -577,24 +585,31 @@ class SandboxPool:
             if isinstance(vars_json, Outcome):
                 return index, vars_json
             self._run_seq += 1
-            runs.append(
-                {
-                    "run_id": self._run_seq,
-                    "call_id": inv.call_id,
-                    "now_ms": inv.now_ms,
-                    "limit_ms": script.timeout_ms,
-                    "deadline_ms": inv.deadline_ms,
-                    "function": inv.function,
-                    "vars_len": len(vars_json),
-                }
-            )
+            meta: dict[str, Any] = {
+                "run_id": self._run_seq,
+                "call_id": inv.call_id,
+                "now_ms": inv.now_ms,
+                "limit_ms": script.timeout_ms,
+                "deadline_ms": inv.deadline_ms,
+                "function": inv.function,
+                "vars_len": len(vars_json),
+            }
+            if inv.host_answers:
+                meta["answers"] = inv.host_answers
+            runs.append(meta)
             blobs.append(vars_json)
         header: dict[str, Any] = {"account": script.account, "key": script.key, "runs": runs}
         if script.key not in proc.warm:
             header["spec"] = _spec(script)
         return b"B" + orjson.dumps(header) + b"\n" + b"".join(blobs)
 
-    async def _host_calls(self, session: HostSession | None, calls: list[Any], deadline: float) -> bytes:
+    async def _host_calls(
+        self, session: HostSession | None, calls: list[Any], deadline: float, *, answered: int = 0
+    ) -> bytes:
+        """The results of ``calls``, made one after another on ``session``, as the ``H`` message's
+        body; the first ``answered`` are made (the host keeps its books) but left out: the process
+        answered them itself from the run's recording."""
+
         async def one(call: Any) -> list[Any]:
             if session is None:
                 return [call.id, False, [501, f"{call.method} is not available to this script"]]
@@ -609,7 +624,7 @@ class SandboxPool:
         # one after another under one timeout, with no task per call: a host that answers from memory
         # never suspends here, so the pool's thread time of this message is this account's alone
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-            results = [await one(call) for call in calls]
+            results = [await one(call) for call in calls][answered:]
         try:
             return orjson.dumps(results)
         except TypeError as exc:  # a host returned something that is not JSON: each call fails instead

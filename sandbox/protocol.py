@@ -55,6 +55,8 @@ class HostCall:
 class Done:
     run_id: int
     outcome: Outcome
+    #: host calls the process answered from the run's recording since its last message (a replay)
+    answered: list[HostCall] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +64,9 @@ class CallBatch:
     tag: bytes
     calls: list[HostCall] = field(default_factory=list)
     size: int = 0  # bytes of the calls' JSON
+    #: how many of ``calls``, from the first, the process already answered from the run's recording:
+    #: the host hears of them, and their results are not sent back
+    answered: int = 0
 
 
 def loads(data: bytes | str) -> Any:
@@ -106,31 +111,34 @@ def decode_done(msg: bytes) -> Done:
     head, _, body = msg.partition(b"\n")
     meta = _object(loads(head), "result header")
     run_id = _int(meta.get("run_id"), "run_id")
+    done = Done(run_id, _decode_outcome(meta, body))
+    if "answered" in meta:
+        done.answered = _calls(meta["answered"])
+    return done
+
+
+def _decode_outcome(meta: dict[str, Any], body: bytes) -> Outcome:
     duration = _duration(meta.get("ms", 0.0))
     error = meta.get("error")
     data = _object(loads(body), "result") if body else {}
     logs = _logs(data.get("logs", []))
     if error is not None:
-        return Done(run_id, _runner_error(_object(error, "error"), logs, duration))
+        return _runner_error(_object(error, "error"), logs, duration)
     result = _object(data.get("result"), "result")
     outbound = data.get("outbound", [])
     if result.get("ok") is True:
         if "value" not in result:
             raise ProtocolViolation("an ok result without a value")
-        outcome = Outcome.success(
-            result["value"], logs=logs, duration_ms=duration, outbound=_outbound(outbound)
-        )
-        return Done(run_id, outcome)
+        return Outcome.success(result["value"], logs=logs, duration_ms=duration, outbound=_outbound(outbound))
     if result.get("ok") is not False:
         raise ProtocolViolation("a result that is neither ok nor an error")
     if outbound != []:
         raise ProtocolViolation("outbound messages on a failed run")
     err = _object(result.get("error"), "error")
     reason = _reason(err.get("kind"))
-    outcome = Outcome.failure(
+    return Outcome.failure(
         reason, _code(err.get("code")), _message(err.get("message")), logs=logs, duration_ms=duration
     )
-    return Done(run_id, outcome)
 
 
 def _runner_error(error: dict[str, Any], logs: list[dict[str, str]], duration: float) -> Outcome:
@@ -150,14 +158,29 @@ def decode_calls(msg: bytes, calls_so_far: int, bytes_so_far: int) -> CallBatch:
     """A ``C`` message (the kind byte already stripped): the run's next host calls, checked against
     the table of methods and the per-run bounds (``*_so_far``: what the run already sent)."""
     tag, _, body = msg.partition(b"\n")
-    batch = CallBatch(tag=tag, size=len(body))
-    items = loads(body)
-    if not isinstance(items, list) or not items:
-        raise ProtocolViolation("host calls that are not a non-empty list")
-    if calls_so_far + len(items) > MAX_HOST_CALLS:
+    head = _object(loads(tag), "host calls' header")
+    answered = _int(head.get("answered", 0), "count of calls answered")
+    batch = CallBatch(tag=tag, size=len(body), calls=_calls(loads(body)), answered=answered)
+    if not batch.calls or not 0 <= answered < len(batch.calls):
+        raise ProtocolViolation("host calls that are not a non-empty list, or all answered already")
+    check_call_bounds(batch.calls, calls_so_far, bytes_so_far + batch.size)
+    return batch
+
+
+def check_call_bounds(calls: list[HostCall], calls_so_far: int, run_bytes: int) -> None:
+    """Raises ProtocolViolation when a run's host calls (``calls`` after ``calls_so_far``, all of
+    them ``run_bytes`` of JSON) pass what one run may make."""
+    if calls_so_far + len(calls) > MAX_HOST_CALLS:
         raise ProtocolViolation(f"more than {MAX_HOST_CALLS} host calls in one run")
-    if bytes_so_far + batch.size > 3 * (MAX_RUN_CALL_CHARS + 64 * MAX_HOST_CALLS):
+    if run_bytes > 3 * (MAX_RUN_CALL_CHARS + 64 * MAX_HOST_CALLS):
         raise ProtocolViolation("host calls larger than a run may send")
+
+
+def _calls(items: Any) -> list[HostCall]:
+    """Host calls ``[[id, method, args], ...]``, each to a method of the table."""
+    if not isinstance(items, list):
+        raise ProtocolViolation("host calls that are not a list")
+    calls = []
     for item in items:
         if not isinstance(item, list) or len(item) != 3:
             raise ProtocolViolation("a host call that is not [id, method, args]")
@@ -166,8 +189,8 @@ def decode_calls(msg: bytes, calls_so_far: int, bytes_so_far: int) -> CallBatch:
             raise ProtocolViolation(f"a host call to {str(method)[:80]!r}, which is not in the table")
         if not isinstance(args, list):
             raise ProtocolViolation("host call arguments that are not a list")
-        batch.calls.append(HostCall(_int(call_id, "call id"), method, args))
-    return batch
+        calls.append(HostCall(_int(call_id, "call id"), method, args))
+    return calls
 
 
 def _duration(value: Any) -> float:

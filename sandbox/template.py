@@ -249,7 +249,10 @@ def main(ctl_fd: int, config: dict[str, Any]) -> None:
                     os.read(wake_r, 512)
                 _reap(ctl, children)
             if ctl.fileno() in ready:
-                msg = ctl.recv(64)
+                try:
+                    msg = ctl.recv(64)
+                except ConnectionResetError:  # the pool closed with a report unread: an end all the same
+                    break
                 if not msg:
                     break
                 if msg[:1] == b"S":

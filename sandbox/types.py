@@ -89,6 +89,10 @@ class Invocation:
     #: what the host needs to make the run's session (the worker's: the request's partition state);
     #: never read by the sandbox, never sent to a sandbox process
     host_context: object = field(default=None, compare=False, repr=False)
+    #: a replayed run's recorded host calls, ``[method, args, ok, answer]`` each: the sandbox process
+    #: answers the run's calls from them itself while they match, in order (no round trip), and the
+    #: host session still hears of every call (sandbox/child.py, _Channel)
+    host_answers: list[Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -137,6 +137,9 @@ async def _run_batch(pool: SandboxPool, script: Script, batch: list[RecordedRun]
 def _invocation(run: RecordedRun, context: ReplayContext) -> Invocation:
     # its recorded call id and timestamp: Date and Math.random read only those; no deadline (the
     # caller's has long passed), so the run gets its script's own time limit
+    # the sandbox process answers the recorded prefix itself: no round trip per call (the session
+    # still hears of each, and answers the same from the same recording)
+    answers = [[call.method, call.args, call.ok, call.answer] for call in context.original.calls]
     return Invocation(
         vars=None,
         vars_json=run.vars_json.encode(),
@@ -144,6 +147,7 @@ def _invocation(run: RecordedRun, context: ReplayContext) -> Invocation:
         now_ms=run.timestamp_ms,
         function=run.function,
         host_context=context,
+        host_answers=answers or None,
     )
 
 

@@ -549,8 +549,42 @@ def test_arguments_are_not_checked_here() -> None:
 
 
 def test_lone_surrogate_in_host_call_arguments() -> None:
-    batch = decode_calls(b't\n[[1,"datastore.set",["k\\ud800","\\ud83d\\ude00",null]]]', 0, 0)
+    batch = decode_calls(b'{"run_id":1}\n[[1,"datastore.set",["k\\ud800","\\ud83d\\ude00",null]]]', 0, 0)
     assert batch.calls[0].args == ["k\ufffd", "\U0001f600", None]
+
+
+def test_calls_a_replayed_runs_process_answered_itself_lead_the_batch() -> None:
+    # sandbox/child.py: the calls it answered from the run's recording, then the one it could not
+    items = [[1, "datastore.get", ["k"]], [2, "lookup.tps", ["1555"]], [3, "datastore.get", ["j"]]]
+    batch = decode_calls(calls_msg(items, b'{"run_id":1,"answered":2}'), 0, 0)
+    assert batch.answered == 2 and len(batch.calls) == 3
+
+
+@pytest.mark.parametrize("answered", [-1, 3, 4, "2", True])
+def test_a_count_of_answered_calls_out_of_range_is_a_violation(answered: Any) -> None:
+    items = [[1, "datastore.get", ["k"]], [2, "lookup.tps", ["1555"]], [3, "datastore.get", ["j"]]]
+    tag = json.dumps({"run_id": 1, "answered": answered}).encode()
+    with pytest.raises(ProtocolViolation):
+        decode_calls(calls_msg(items, tag), 0, 0)
+
+
+def test_a_header_that_is_not_an_object_is_a_violation() -> None:
+    with pytest.raises(ProtocolViolation):
+        decode_calls(calls_msg([[1, "datastore.get", ["k"]]], b"[1]"), 0, 0)
+
+
+def test_the_calls_a_process_answered_before_its_run_ended_come_with_the_result() -> None:
+    answered = [[1, "datastore.incr", ["n", 1, None]], [2, "lookup.asrplus", ["1555"]]]
+    msg = done(3, 1.0, prelude_ok("1")).replace(
+        b'"ms":1.0', b'"ms":1.0,"answered":' + json.dumps(answered).encode()
+    )
+    result = decode_done(msg)
+    assert result.answered == [
+        HostCall(1, "datastore.incr", ["n", 1, None]),
+        HostCall(2, "lookup.asrplus", ["1555"]),
+    ]
+    with pytest.raises(ProtocolViolation, match="not in the table"):
+        decode_done(msg.replace(b"lookup.asrplus", b"os.system"))
 
 
 def test_host_call_count_counts_calls_so_far() -> None:
