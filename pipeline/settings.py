@@ -88,10 +88,11 @@ class Settings:
         "(docs/state.md has the measured trade-off)",
     )
     record_rate: float = _env_field(  # type: ignore[assignment]
-        1.0,
+        0.1,
         "SCRIPTFORGE_RECORD_RATE",
         "share of runs a worker records for replay (0 to 1; the same call id is always chosen or "
-        "not), unless a script's own rate says otherwise (scriptforge recording); docs/replay.md",
+        "not), unless a script's own rate says otherwise (scriptforge recording); recording every run "
+        "costs about a fifth of a worker's capacity (docs/replay.md)",
     )
     record_retention_ms: int = _env_field(  # type: ignore[assignment]
         86_400_000,

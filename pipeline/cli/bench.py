@@ -1,5 +1,5 @@
-"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state``: benchmarks printing figures and
-ratios as JSON."""
+"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state|replay``: benchmarks printing
+figures and ratios as JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state"]
+    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state", "replay"]
     p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
@@ -79,6 +79,11 @@ def register(subparsers: Any) -> None:
     state.add_argument(
         "--keys", type=int, default=200_000, help="changelog keys restored, timed (0: skip, no broker needed)"
     )
+    replay = p.add_argument_group("replay")
+    replay.add_argument(
+        "--replay-runs", type=int, default=20_000, help="recorded runs in the file replayed, per round"
+    )
+    replay.add_argument("--replay-rounds", type=int, default=3, help="rounds of each series")
     p.set_defaults(handler=handle)
 
 
@@ -118,6 +123,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         print(state_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
+    if args.target == "replay":
+        from pipeline.bench import replay as replay_bench
+
+        report = replay_bench.bench(args.replay_runs, args.replay_rounds, args.processes or None)
+        print(replay_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0 if report["meets_target"] else 1
     from pipeline.bench.pipeline import run_pipeline_bench
 
     return int(run_pipeline_bench(args, settings))
