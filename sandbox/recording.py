@@ -156,7 +156,7 @@ class RecordingHost:
 @dataclass(frozen=True, slots=True)
 class Writes:
     """What a run changed, in the terms a script uses: datastore key -> ``[value, ttl_s]`` (``None``:
-    deleted) and ``(list, key)`` -> value (``None``: removed). Empty unless the run succeeded: a failed
+    deleted) and ``"list/key"`` -> value (``None``: removed). Empty unless the run succeeded: a failed
     run's writes are never applied."""
 
     datastore: dict[str, list[Any] | None]

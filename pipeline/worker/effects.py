@@ -2,9 +2,10 @@
 (scriptforge.logs), the messages it queued with ``api.send.*`` (scriptforge.outbound) and, for a
 sample of runs, its recording for replay (scriptforge.recordings, docs/replay.md).
 
-Both builders run for every request, on the hot path: they only build the records
-(:class:`~pipeline.wire.records.RunLog`, :class:`~pipeline.wire.records.OutboundMessage`, which bound
-what they carry) and encode them with the codecs made once here. :func:`measure` times them.
+The first two run for every request, on the hot path, and the recording for each run sampled: they only
+build the records (:class:`~pipeline.wire.records.RunLog`, :class:`~pipeline.wire.records.OutboundMessage`,
+:class:`~pipeline.wire.records.RecordedRun`, which bound what they carry) and encode them with the codecs
+made once here. :func:`measure` times the first two.
 """
 
 from __future__ import annotations
