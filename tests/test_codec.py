@@ -32,6 +32,7 @@ from pipeline.wire.records import (
     OutboundMessage,
     RecordedRun,
     RouteAssignment,
+    RouteOnError,
     RunLog,
     ScriptDefinition,
     ScriptState,
@@ -143,7 +144,16 @@ DEFINITION = ScriptDefinition.from_script(
     state=ScriptState.STOPPED,
 )
 ROUTE = RouteAssignment(
-    account="acme", route="uk-mobile", script="dnc-check", version=3, vars_json='{"area":"DNC"}', created_ms=5
+    account="acme",
+    customer="carrier-7",
+    route="uk-mobile",
+    script="dnc-check",
+    version=3,
+    timeout_ms=150,
+    timeout_action="200 OK",
+    on_error=RouteOnError.FAIL_OPEN,
+    vars_json='{"area":"DNC"}',
+    created_ms=5,
 )
 DEAD = DeadLetter(
     reason="malformed",
@@ -289,7 +299,7 @@ def test_typed_conveniences() -> None:
     assert definition.state is ScriptState.STOPPED
     assert definition.key == "acme/dnc-check"
     assert definition.to_script().key == DEFINITION.to_script().key
-    assert ROUTE.key == "acme/uk-mobile" and ROUTE.vars == {"area": "DNC"}
+    assert ROUTE.key == "acme/carrier-7/uk-mobile" and ROUTE.vars == {"area": "DNC"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -335,32 +335,68 @@ def script_key(account: str, name: str) -> str:
     return f"{account}/{name}"
 
 
-def route_key(account: str, route: str) -> str:
-    """Key of a route on the compacted routes topic: ``account/route``."""
-    return f"{account}/{route}"
+#: how long a call waits for its route's script unless the route says otherwise
+DEFAULT_ROUTE_TIMEOUT_MS = 2000
+#: what a route's timeout becomes unless the route says otherwise: the call is rejected
+DEFAULT_TIMEOUT_ACTION = "503 ScriptForge Timeout"
+
+
+def route_key(account: str, customer: str, route: str) -> str:
+    """Key of a route on the compacted routes topic: ``account/customer/route`` (none of the three
+    contains '/': pipeline.routes.assignment checks it before anything is written)."""
+    return f"{account}/{customer}/{route}"
+
+
+class RouteOnError(StrEnum):
+    """What a script error on a route becomes (RouteAssignment.on_error; docs/routes.md)."""
+
+    FAIL_CLOSED = "fail_closed"  # reject the call (500)
+    FAIL_OPEN = "fail_open"  # continue the call unmodified
 
 
 @_avro
 @dataclass(slots=True)
 class RouteAssignment(_Record):
-    """Which script a route runs (schemas/route_assignment.avsc); Kafka key: ``account/route``."""
+    """One customer's ingress route (schemas/route_assignment.avsc): the script it runs (None: the call
+    continues unmodified), the route's timeout and what a timeout or a script error becomes, and its
+    variables. Kafka key: ``account/customer/route``."""
 
     SCHEMA: ClassVar[str] = f"{NAMESPACE}.RouteAssignment"
 
     account: str
     route: str
-    script: str
     created_ms: int
+    #: empty only in a record written before the field existed (schemas/history/route_assignment.v1)
+    customer: str = ""
+    script: str | None = None
     version: int | None = None
+    timeout_ms: int = DEFAULT_ROUTE_TIMEOUT_MS
+    timeout_action: str = DEFAULT_TIMEOUT_ACTION
+    on_error: RouteOnError = RouteOnError.FAIL_CLOSED
     vars_json: str = "{}"
 
     @property
     def key(self) -> str:
-        return route_key(self.account, self.route)
+        return route_key(self.account, self.customer, self.route)
 
     @property
     def vars(self) -> Any:
         return _json_value(self.vars_json, f"RouteAssignment {self.key!r}", "vars_json")
+
+    def to_dict(self) -> dict[str, Any]:
+        datum = _Record.to_dict(self)
+        datum["on_error"] = str(self.on_error)  # an Avro enum symbol
+        return datum
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Self:
+        result: Self = _build(cls, data, where)
+        try:
+            result.on_error = RouteOnError(result.on_error)
+        except ValueError as exc:
+            place = f" ({where})" if where else ""
+            raise MalformedMessageError(f"RouteAssignment{place} is invalid: {exc}") from None
+        return result
 
 
 @_avro
