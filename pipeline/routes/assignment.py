@@ -102,6 +102,7 @@ def parse_vars_toml(text: str, source: str = "<vars>") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends "(at line L, column C)": the place is in it
         raise UsageError(f"route variables {source}: not valid TOML: {exc}") from None
+    vars_json(found, f"route variables {source}")  # the same checks as on writing, naming the file
     return found
 
 
