@@ -218,3 +218,36 @@ async def test_a_changed_version_changes_exactly_the_expected_calls(
         for call_id in expected:
             assert f'data-call-id="{call_id}"' in page
     assert _ends(settings) == before
+
+
+async def test_a_look_up_the_original_never_made_is_answered_from_live_data_and_flagged(
+    settings: Settings, traffic: dict[str, InvocationReply], recording: Path, tmp_path: Path
+) -> None:
+    writer = ListWriter(settings)
+    writer.put("default", "vip", "14440000001", "gold")
+    writer.close()
+    script = tmp_path / "vip.js"
+    script.write_text(
+        ROUTER.replace(
+            "r.tag =",
+            "const vip = await api.lookup.userspaceLookup('vip', r.from).catch(e => null);\n"
+            "  if (vip) r.vip = vip;\n  r.tag =",
+        )
+    )
+    summary = await asyncio.to_thread(
+        _cli,
+        "replay",
+        str(recording),
+        "--file",
+        str(script),
+        "--report",
+        str(tmp_path / "vip.html"),
+        settings=settings,
+    )
+    routed = {c for c, reply in traffic.items() if reply.outcome.ok}
+    vip = {c for c in routed if traffic[c].outcome.response["routing"]["from"] == "14440000001"}
+    # every routed call made the new look-up; only the VIP caller's answer changed its routing
+    assert summary["unrecorded"] == len(routed)
+    assert summary["changed"] == len(vip) > 0
+    page = (tmp_path / "vip.html").read_text()
+    assert "userspace(" in page and 'data-call-id="' + sorted(vip)[0] + '"' in page
