@@ -94,7 +94,7 @@ def deployed(settings: Settings, worker: Worker) -> None:
 
 def _set(settings: Settings, route: str, **fields: Any) -> None:
     # a generous timeout unless the test is about timeouts: a safety net for a slow machine
-    fields.setdefault("timeout_ms", 10_000)
+    fields.setdefault("timeout_ms", 30_000)
     with RoutesTable(settings) as writer:
         writer.publish(build_assignment(ACCOUNT, CUSTOMER, route, **fields))
 
@@ -241,13 +241,13 @@ async def test_the_route_commands(settings: Settings, tmp_path: Path) -> None:
         "--vars",
         str(file),
         "--timeout-ms",
-        "5000",
+        "30000",
         *where,
     )
     assert status == 0
     assert shown["script"] == "dnc" and shown["vars"] == {"cli_prefix": "+1", "blocked": ["15551234567"]}
     assert (shown["timeout_ms"], shown["timeout_action"], shown["on_error"]) == (
-        5000,
+        30_000,
         "503 ScriptForge Timeout",
         "fail_closed",
     )
