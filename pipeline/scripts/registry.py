@@ -13,29 +13,24 @@ Two kinds of record, both ScriptDefinition values, on one partition (so their or
 Deploys assume one writer per script at a time (operators, CI): two simultaneous deploys of one name
 could pick the same version number; the later pointer wins.
 
-The watch side is a confluent-kafka consumer without a consumer group (``assign`` from the beginning),
-polled in a daemon thread, keeping a dict that workers read: a new pointer is visible within one poll
-(about 50 ms), without a restart.
+The watch side is a CompactedView (pipeline/kafka/compacted.py): a consumer without a group, polled in
+a daemon thread, keeping the dicts that workers read: a new pointer is visible within one poll (about
+50 ms), without a restart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
-
-from pipeline.errors import BrokerError, CodecError, UsageError
-from pipeline.kafka.connection import client_config
+from pipeline.errors import CodecError, UsageError
+from pipeline.kafka.compacted import CompactedView
 from pipeline.observability.alarms import Alarm, Summary
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec, where
 from pipeline.wire.records import ScriptDefinition, ScriptState, script_key, source_sha256
-from pipeline.wire.topics import Topics, create_topics
+from pipeline.wire.topics import Topics
 from sandbox.limits import LimitError, check_script_limits
 from sandbox.syntax import check_syntax
 from sandbox.types import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, ScriptType
@@ -50,7 +45,7 @@ def version_key(account: str, name: str, version: int) -> str:
     return f"{script_key(account, name)}@{version}"
 
 
-class ScriptRegistry:
+class ScriptRegistry(CompactedView):
     """Publishes script versions and keeps a live in-memory view of the scripts topic.
 
     ``start()`` begins watching; ``wait_caught_up()`` blocks until everything written before it has
@@ -58,79 +53,10 @@ class ScriptRegistry:
     """
 
     def __init__(self, settings: Settings, *, poll_interval: float = 0.05) -> None:
-        self.settings = settings
-        self.topic = Topics(settings).scripts
-        self._poll_interval = poll_interval
+        super().__init__(settings, Topics(settings).scripts, "registry", poll_interval=poll_interval)
         self._pointers: dict[str, ScriptDefinition] = {}
         self._versions: dict[str, ScriptDefinition] = {}
         self._latest: dict[str, int] = {}  # account/name -> highest version seen
-        self._lock = threading.Lock()
-        self._position = 0  # next offset to read
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._producer: Producer | None = None
-        self._consumer = Consumer(
-            {
-                **client_config(),
-                "bootstrap.servers": settings.broker,
-                # no group is joined: assign() only; the id just satisfies the client
-                "group.id": f"scriptforge-registry-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        self._meta = Consumer(
-            {**client_config(), "bootstrap.servers": settings.broker, "group.id": "scriptforge-registry-meta"}
-        )
-
-    # ---- lifecycle -----------------------------------------------------------------------
-    def start(self) -> ScriptRegistry:
-        # deploy may run before any worker ever did: the compacted topic must exist with its config
-        # (auto-creation would make it a plain, deleting topic)
-        spec = next(t for t in Topics(self.settings).specs() if t.name == self.topic)
-        create_topics(AdminClient({**client_config(), "bootstrap.servers": self.settings.broker}), [spec])
-        self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-        self._thread = threading.Thread(target=self._watch, name="scriptforge-registry", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._consumer.close()
-        self._meta.close()
-        if self._producer is not None:
-            self._producer.flush(10)
-
-    def __enter__(self) -> ScriptRegistry:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def wait_caught_up(self, timeout: float = 15.0) -> None:
-        """Block until every record on the topic when called has been applied."""
-        deadline = time.monotonic() + timeout
-        high = self._high_watermark(deadline)
-        while self._position < high:
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"registry {self.topic}: read up to offset {self._position} of {high} in {timeout:.0f} s"
-                )
-            time.sleep(0.01)
-
-    def _high_watermark(self, deadline: float) -> int:
-        # a separate, never-polled consumer: the watch thread is inside poll() on the main one; and a
-        # just-created topic answers NOT_LEADER for a moment even after metadata shows a leader
-        while True:
-            try:
-                _, high = self._meta.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=2.0)
-                return int(high)
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"registry {self.topic}: cannot read its end offset: {exc}") from None
-                time.sleep(0.1)
 
     # ---- read side ----------------------------------------------------------------------------
     def lookup(self, account: str, name: str, version: int | None = None) -> ScriptDefinition | None:
@@ -216,33 +142,7 @@ class ScriptRegistry:
         return pointer
 
     def _publish(self, key: str, definition: ScriptDefinition) -> None:
-        if self._producer is None:
-            self._producer = Producer(
-                {**client_config(), "bootstrap.servers": self.settings.broker, "linger.ms": 0, "acks": "all"}
-            )
-        self._producer.produce(self.topic, key=key.encode(), value=_CODEC.encode(definition))
-
-    def _flush(self) -> None:
-        assert self._producer is not None
-        if self._producer.flush(15) != 0:
-            raise BrokerError(f"registry: could not deliver to {self.topic} within 15 s")
-        # read our own write, so a lookup right after deploy in this process sees it
-        self.wait_caught_up()
-
-    # ---- watch thread -----------------------------------------------------------------------------
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(self._poll_interval)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    time.sleep(self._poll_interval)  # transient (topic not yet there, leader moving)
-                continue
-            offset = msg.offset() or 0
-            self._apply(msg.key(), msg.value(), offset)
-            self._position = offset + 1
+        self._produce(key, _CODEC.encode(definition))
 
     def _apply(self, raw_key: bytes | None, value: bytes | None, offset: int) -> None:
         key = (raw_key or b"").decode(errors="replace")
