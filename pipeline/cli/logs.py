@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.cli.args import positive
 from pipeline.errors import BrokerError, CodecError
 from pipeline.kafka.connection import client_config
-from pipeline.kafka.reading import BATCH, POLL_SECONDS, batches_until_read
+from pipeline.kafka.reading import BATCH, POLL_SECONDS, batches_until_read, topic_partitions
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec, where
 from pipeline.wire.records import RunLog, script_key
@@ -237,17 +237,7 @@ class RunLogReader:
             return None
 
     def _partitions(self) -> list[int] | None:
-        try:
-            metadata = self._admin.list_topics(timeout=BROKER_TIMEOUT)
-        except KafkaException as exc:
-            raise BrokerError(
-                f"Kafka at {self.settings.broker}: no broker answered within {BROKER_TIMEOUT:.0f} s "
-                f"({exc.args[0].str()})"
-            ) from None
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            return None
-        return sorted(topic.partitions)
+        return topic_partitions(self._admin, self.topic, self.settings.broker, BROKER_TIMEOUT)
 
     def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:
         # a topic created a moment ago may answer NOT_LEADER for a while even once it has a leader

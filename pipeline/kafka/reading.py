@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Set
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError
 
@@ -35,3 +36,18 @@ def batches_until_read(
                 f"to their end: nothing came for {STALL_TIMEOUT:.0f} s"
             )
         yield messages
+
+
+def topic_partitions(admin: AdminClient, topic: str, broker: str, timeout: float) -> list[int] | None:
+    """The partitions of ``topic`` in order, None when it does not exist; a BrokerError when no broker
+    answers within ``timeout``."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"Kafka at {broker}: no broker answered within {timeout:.0f} s ({exc.args[0].str()})"
+        ) from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return sorted(found.partitions)

@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, CodecError, ScriptForgeError
 from pipeline.kafka.connection import client_config
-from pipeline.kafka.reading import batches_until_read
+from pipeline.kafka.reading import batches_until_read, topic_partitions
 from pipeline.replay.archive import write_archive
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
@@ -212,20 +212,13 @@ class RecordingsReader:
     # ---- offsets ------------------------------------------------------------------------------------
     def _partitions(self) -> list[int]:
         admin = AdminClient(self._common)
-        try:
-            metadata = admin.list_topics(timeout=BROKER_TIMEOUT)
-        except KafkaException as exc:
-            raise BrokerError(
-                f"Kafka at {self.settings.broker}: no broker answered within {BROKER_TIMEOUT:.0f} s "
-                f"({exc.args[0].str()})"
-            ) from None
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
+        partitions = topic_partitions(admin, self.topic, self.settings.broker, BROKER_TIMEOUT)
+        if partitions is None:
             raise ScriptForgeError(
                 f"nothing recorded: no topic {self.topic} at {self.settings.broker} (recording has not run "
                 f"there: workers create it when they start, and record SCRIPTFORGE_RECORD_RATE of the runs)"
             )
-        return sorted(topic.partitions)
+        return partitions
 
     def _offsets_for_start(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
         """Each partition's first offset whose timestamp is at or after ``start_ms`` (-1: none)."""
