@@ -1,0 +1,248 @@
+"""Kamailio KEMI routing (app_python3): each new INVITE asks ScriptForge for a RoutingDecision and
+applies it; calls are relayed statefully to one next hop; a finished call is reported as a CDR.
+
+The mapping from a SIP request to a ScriptForge call (docs/kamailio.md), all from the environment:
+
+- customer: the From user, or the header named by SCRIPTFORGE_SIP_CUSTOMER_HEADER when it is set;
+- route: SCRIPTFORGE_SIP_ROUTE (``default``), or the header SCRIPTFORGE_SIP_ROUTE_HEADER when present;
+- account: SCRIPTFORGE_SIP_ACCOUNT (``default``);
+- routing: ``{"dest_number": R-URI user, "cli": From user, "headers": {name: value}}`` with the
+  headers listed in SCRIPTFORGE_SIP_HEADERS (comma separated) that the INVITE carries.
+
+Next hop: SCRIPTFORGE_SIP_NEXT_HOP (``127.0.0.1:5080``). SCRIPTFORGE_SIP_BYPASS=1 relays every call
+without asking ScriptForge (the benchmark's baseline).
+
+Kamailio loads this file in its main process and forks its workers afterwards: nothing here connects
+to Kafka at import time; sf_client creates its client in each worker on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio only
+import sf_client
+
+CUSTOMER_HEADER = os.environ.get("SCRIPTFORGE_SIP_CUSTOMER_HEADER", "")
+ROUTE = os.environ.get("SCRIPTFORGE_SIP_ROUTE", "default")
+ROUTE_HEADER = os.environ.get("SCRIPTFORGE_SIP_ROUTE_HEADER", "")
+ACCOUNT = os.environ.get("SCRIPTFORGE_SIP_ACCOUNT", "default")
+HEADERS = [h.strip() for h in os.environ.get("SCRIPTFORGE_SIP_HEADERS", "").split(",") if h.strip()]
+NEXT_HOP = os.environ.get("SCRIPTFORGE_SIP_NEXT_HOP", "127.0.0.1:5080")
+BYPASS = os.environ.get("SCRIPTFORGE_SIP_BYPASS", "") in ("1", "true", "yes")
+#: connect each worker to Kafka when it starts, so no caller pays for it (off: on the first call)
+WARM_UP = os.environ.get("SCRIPTFORGE_SIP_WARM_UP", "1") in ("1", "true", "yes")
+
+# a script is customer code: what it returns goes into SIP only if it cannot break the message
+_USER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
+_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]{0,512}")
+#: headers a script may not set or remove: they hold the call and dialog together
+_PROTECTED = frozenset(
+    h.lower()
+    for h in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Route",
+        "Record-Route",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+    )
+)
+
+
+def _pv(name: str) -> str:
+    value = KSR.pv.get(name)
+    return "" if value is None else str(value)
+
+
+class Handler:
+    """The object app_python3 calls: ``ksr_request_route`` per request, the failure route by name."""
+
+    def child_init(self, rank: int) -> int:
+        # rank > 0: a SIP worker (the main process is 0, the timer and others are negative)
+        if WARM_UP and not BYPASS and rank > 0:
+            sf_client.warm_up()
+        return 0
+
+    # ---- requests --------------------------------------------------------------------------------
+    def ksr_request_route(self, msg: Any) -> int:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return 1
+        method = _pv("$rm")
+        if method == "CANCEL":
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return 1
+        if _pv("$tt"):  # a To tag: a request inside a dialog
+            return self._in_dialog(method)
+        if method == "ACK":  # an ACK of a negative reply: tm absorbs it
+            KSR.tm.t_check_trans()
+            return 1
+        if method == "OPTIONS":
+            KSR.sl.sl_send_reply(200, "OK")
+            return 1
+        if method != "INVITE":
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return 1
+        if KSR.tm.t_check_trans() == 0:  # a retransmission of an INVITE another worker holds
+            return 1
+        return self._invite()
+
+    def _in_dialog(self, method: str) -> int:
+        if KSR.rr.loose_route() > 0:
+            if method == "BYE":
+                self._report_bye()
+            KSR.tm.t_relay()
+            return 1
+        if method == "ACK" and KSR.tm.t_check_trans() > 0:
+            KSR.tm.t_relay()
+            return 1
+        KSR.sl.sl_send_reply(404, "Not Here")
+        return 1
+
+    def _invite(self) -> int:
+        # the transaction first: ScriptForge may take up to the route's timeout, and the caller's
+        # retransmissions must meet this transaction instead of starting a second call
+        KSR.tm.t_newtran()
+        KSR.tm.t_reply(100, "Trying")
+        dest, cli = _pv("$rU"), _pv("$fU")
+        if not BYPASS:
+            decision = sf_client.route(
+                self._customer(), self._route(), self._routing(dest, cli), account=ACCOUNT
+            )
+            KSR.info(f"scriptforge: {dest} from {cli}: {decision}\n")
+            if decision.get("action") != "continue":
+                KSR.tm.t_reply(int(decision.get("code") or 500), str(decision.get("message") or "Rejected"))
+                return 1
+            problem = self._apply(decision.get("routing"), dest, cli)
+            if problem:
+                KSR.err(f"scriptforge: routing not applied ({problem})\n")
+                KSR.tm.t_reply(500, "ScriptForge Error (routing)")
+                return 1
+            dest, cli = _pv("$rU"), self._new_cli or cli
+        self._relay(dest, cli)
+        return 1
+
+    def _customer(self) -> str:
+        if CUSTOMER_HEADER:
+            return _pv(f"$hdr({CUSTOMER_HEADER})")
+        return _pv("$fU")
+
+    def _route(self) -> str:
+        if ROUTE_HEADER:
+            return _pv(f"$hdr({ROUTE_HEADER})") or ROUTE
+        return ROUTE
+
+    def _routing(self, dest: str, cli: str) -> dict[str, Any]:
+        headers = {}
+        for name in HEADERS:
+            value = KSR.pv.get(f"$hdr({name})")
+            if value is not None:
+                headers[name] = str(value)
+        return {"dest_number": dest, "cli": cli, "headers": headers}
+
+    _new_cli = ""
+
+    def _apply(self, routing: Any, dest: str, cli: str) -> str:
+        """Apply what the script changed; '' when done, else why nothing was applied."""
+        self._new_cli = ""
+        if not isinstance(routing, dict):
+            return "no routing object"
+        new_dest, new_cli = str(routing.get("dest_number", dest)), str(routing.get("cli", cli))
+        for label, value in (("dest_number", new_dest), ("cli", new_cli)):
+            if not _USER.fullmatch(value):
+                return f"{label} {value[:80]!r} is not a SIP user part"
+        edits = _header_edits(routing.get("headers"), self._routing(dest, cli)["headers"])
+        if isinstance(edits, str):
+            return edits
+        if new_dest != dest:
+            KSR.pv.sets("$rU", new_dest)
+        if new_cli != cli:
+            # uac rewrites From and (restore_mode auto) restores it towards the caller
+            KSR.uac.uac_replace_from("", f"sip:{new_cli}@{_pv('$fd')}")
+            self._new_cli = new_cli
+        for name, value in edits:
+            KSR.hdr.remove(name)
+            if value is not None:
+                KSR.hdr.append(f"{name}: {value}\r\n")
+        return ""
+
+    def _relay(self, dest: str, cli: str) -> None:
+        KSR.pv.sets("$du", f"sip:{NEXT_HOP}")
+        KSR.dialog.dlg_manage()
+        KSR.pv.sets("$dlg_var(sf_dest)", dest)
+        KSR.pv.sets("$dlg_var(sf_cli)", cli)
+        KSR.pv.sets("$avp(sf_dest)", dest)
+        KSR.pv.sets("$avp(sf_cli)", cli)
+        KSR.rr.record_route()
+        KSR.tm.t_on_failure("ksr_failure_cdr")
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    # app_python3 looks these up on the handler for every relayed request and every reply; when
+    # one is missing it leaves an AttributeError set, which fails the next Python call (the relay)
+    def ksr_onsend_route(self, msg: Any) -> int:
+        return 1
+
+    def ksr_reply_route(self, msg: Any) -> int:
+        return 1
+
+    # ---- the call's end: CDRs --------------------------------------------------------------------
+    def ksr_failure_cdr(self, msg: Any) -> int:
+        """The next hop's winning final reply was a failure (or none came: 408)."""
+        code = int(_pv("$T_reply_code") or 408)
+        problem = sf_client.cdr(_pv("$avp(sf_dest)"), code, account=ACCOUNT, cli=_pv("$avp(sf_cli)"))
+        if problem:
+            KSR.warn(f"scriptforge: CDR not reported: {problem}\n")
+        return 1
+
+    def _report_bye(self) -> None:
+        dest = _pv("$dlg_var(sf_dest)")
+        if not dest:
+            return  # not a dialog this proxy set up (or the dialog module lost it)
+        start = _pv("$dlg(start_ts)")
+        duration = max(time.time() - int(start), 0.0) if start.isdigit() and int(start) > 0 else 0.0
+        problem = sf_client.cdr(dest, 200, duration_s=duration, account=ACCOUNT, cli=_pv("$dlg_var(sf_cli)"))
+        if problem:
+            KSR.warn(f"scriptforge: CDR not reported: {problem}\n")
+
+
+def _header_edits(returned: Any, given: dict[str, str]) -> list[tuple[str, str | None]] | str:
+    """(name, value) to set, (name, None) to remove; or why the script's headers are refused.
+
+    A script returns the headers as an object (``{"X-A": "1"}``: set what changed, drop what it
+    removed from those it was given) or as a list of ``{"key", "value"}`` (each one added), as
+    examples/dnc_block.js does."""
+    if returned is None:
+        return []
+    wanted: list[tuple[str, str | None]] = []
+    if isinstance(returned, dict):
+        wanted = [(str(k), None if v is None else str(v)) for k, v in returned.items() if given.get(k) != v]
+        wanted += [(k, None) for k in given if k not in returned]
+    elif isinstance(returned, list):
+        for item in returned:
+            if not isinstance(item, dict) or "key" not in item:
+                return "headers list items must be {key, value}"
+            wanted.append((str(item["key"]), str(item.get("value", ""))))
+    else:
+        return "headers must be an object or a list"
+    for name, value in wanted:
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _PROTECTED:
+            return f"header {name[:80]!r} may not be set"
+        if value is not None and not _HEADER_VALUE.fullmatch(value):
+            return f"header {name} has a value that is not one SIP header line"
+    return wanted
+
+
+def mod_init() -> Handler:
+    return Handler()
