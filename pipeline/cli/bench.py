@@ -1,5 +1,5 @@
-"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state|replay``: benchmarks printing
-figures and ratios as JSON."""
+"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state|replay|sip``: benchmarks printing
+figures and ratios as JSON (``sip``: post-dial delay through Kamailio with and without ScriptForge)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state", "replay"]
+    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state", "replay", "sip"]
     p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
@@ -84,6 +84,12 @@ def register(subparsers: Any) -> None:
         "--replay-runs", type=int, default=20_000, help="recorded runs in the file replayed, per round"
     )
     replay.add_argument("--replay-rounds", type=int, default=3, help="rounds of each series")
+    sip = p.add_argument_group("sip")
+    sip.add_argument("--sip-rate", type=float, default=10.0, help="calls per second of each round")
+    sip.add_argument("--sip-calls", type=int, default=300, help="calls of each round")
+    sip.add_argument(
+        "--sip-rounds", type=int, default=3, help="rounds of each configuration, alternating with and without"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -130,6 +136,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         print(replay_bench.format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0 if report["meets_target"] else 1
+    if args.target == "sip":
+        from pipeline.bench import sip as sip_bench
+
+        report = sip_bench.bench(settings.broker, args.sip_rate, args.sip_calls, args.sip_rounds)
+        print(sip_bench.format_report(report), file=sys.stderr)
+        print(json.dumps(report))
+        return sip_bench.main_exit_status(report)
     from pipeline.bench.pipeline import run_pipeline_bench
 
     return int(run_pipeline_bench(args, settings))
