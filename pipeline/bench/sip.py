@@ -25,8 +25,8 @@ p50/p99/max are over every call of every round of a configuration.
 
 A call is *answered* (a 200 to its INVITE), *failed* (a final response other than 2xx: the worker's
 timeout action, an error), or *lost* (no final response at all: sipp gives up after its INVITE
-retransmissions). One JSON line on stdout, a summary on stderr (``format_report``); the exit status is
-non-zero when any call was lost.
+retransmissions; a call sipp never placed counts too). One JSON line on stdout, a summary on stderr
+(``format_report``); the exit status is non-zero when any call was lost.
 """
 
 from __future__ import annotations
@@ -382,11 +382,13 @@ def _header(message: list[str], name: str) -> str:
 
 
 # ---- figures --------------------------------------------------------------------------------------
-def _figures(rounds: Sequence[Round]) -> dict[str, Any]:
+def _figures(rounds: Sequence[Round], calls: int) -> dict[str, Any]:
     totals = {"sent": 0, "answered": 0, "failed": 0, "lost": 0}
     for r in rounds:
         for k, v in r.counts().items():
             totals[k] += v
+    # a call sipp never placed (a round cut short) counts as lost, so such a run cannot pass
+    totals["lost"] += calls * len(rounds) - totals["sent"]
     pdd = sorted(x for r in rounds for x in r.pdd_ms())
     return {
         **totals,
@@ -409,7 +411,7 @@ def _ms(x: float) -> float | None:
 
 
 def _report(results: dict[str, list[Round]], rate: float, calls: int, rounds: int) -> dict[str, Any]:
-    configs = {name: _figures(rs) for name, rs in results.items()}
+    configs = {name: _figures(rs, calls) for name, rs in results.items()}
     sf, bypass = configs["scriptforge"]["pdd_ms"], configs["bypass"]["pdd_ms"]
 
     def ratio(q: str) -> float | None:
