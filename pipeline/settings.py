@@ -32,6 +32,12 @@ class Settings:
     partitions: int = _env_field(  # type: ignore[assignment]
         8, "SCRIPTFORGE_PARTITIONS", "partitions of the invocations topic (and its co-partitioned tables)"
     )
+    reply_partitions: int = _env_field(  # type: ignore[assignment]
+        16,
+        "SCRIPTFORGE_REPLY_PARTITIONS",
+        "partitions of the shared replies topic; each client reads one of them (docs/client.md): more "
+        "partitions, fewer clients reading each other's replies",
+    )
     sandbox_processes: int = _env_field(  # type: ignore[assignment]
         0, "SCRIPTFORGE_SANDBOX_PROCESSES", "sandbox processes per worker (0 = cores + 2)"
     )

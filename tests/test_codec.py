@@ -331,13 +331,28 @@ def _newer_request_schema() -> dict[str, Any]:
 
 def test_older_writer_is_read_by_current_reader_with_defaults() -> None:
     catalogue = default_catalogue()
-    v1 = [v for v in catalogue.versions(InvocationRequest.SCHEMA) if "history" in v.origin]
+    v1 = [v for v in catalogue.versions(InvocationRequest.SCHEMA) if v.origin.endswith(".v1.avsc")]
     assert len(v1) == 1, "schemas/history/invocation_request.v1.avsc is registered"
     datum = REQUEST.to_dict()
     del datum["request_id"]  # v1 had no request_id
+    del datum["reply_partition"]  # nor a reply partition (v3)
     data = _single_object(v1[0], datum)
     decoded = codec(InvocationRequest).decode(data, WHERE)
-    assert decoded == dataclasses.replace(REQUEST, request_id="")
+    assert decoded == dataclasses.replace(REQUEST, request_id="", reply_partition=None)
+
+
+def test_a_request_of_before_reply_partitions_is_read_with_none() -> None:
+    # v2 clients (a reply topic each) name no partition: the worker's partitioner picks one as before
+    catalogue = default_catalogue()
+    v2 = [v for v in catalogue.versions(InvocationRequest.SCHEMA) if v.origin.endswith(".v2.avsc")]
+    assert len(v2) == 1, "schemas/history/invocation_request.v2.avsc is registered"
+    datum = dataclasses.replace(REQUEST, reply_partition=None).to_dict()
+    del datum["reply_partition"]
+    decoded = codec(InvocationRequest).decode(_single_object(v2[0], datum), WHERE)
+    assert decoded == dataclasses.replace(REQUEST, reply_partition=None)
+    requests = codec(InvocationRequest)
+    named = dataclasses.replace(REQUEST, reply_partition=3)
+    assert requests.decode(requests.encode(named)).reply_partition == 3
 
 
 def test_newer_writer_is_read_by_current_reader_when_its_schema_is_known() -> None:
@@ -370,6 +385,7 @@ def test_current_writer_is_read_by_an_older_reader() -> None:
     decoded = old_reader.codec(OldRequest).decode(codec(InvocationRequest).encode(REQUEST))
     expected = REQUEST.to_dict()
     del expected["request_id"]
+    del expected["reply_partition"]  # a v1 reader knows neither: they are skipped
     assert decoded.data == expected
 
 

@@ -139,6 +139,8 @@ class InvocationRequest(_Record):
     function: str | None = None
     attempt: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    #: the partition of ``reply_topic`` the reply goes to (None: the reply producer's partitioner)
+    reply_partition: int | None = None
 
     @classmethod
     def create(

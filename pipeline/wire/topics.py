@@ -20,6 +20,10 @@ from pipeline.settings import Settings
 
 #: compaction keeps the latest record per key forever: the registry and user-space lists are state
 COMPACTED = {"cleanup.policy": "compact"}
+#: how long the shared replies topic keeps a reply
+REPLY_RETENTION_MS = 3_600_000
+#: the setting that sizes a topic of each logical name, named in a partition count mismatch
+_PARTITIONS_SETTING = {"replies": "SCRIPTFORGE_REPLY_PARTITIONS"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Topics:
         self.dlq = t("dlq")
         self.recovery = t("recovery")
         self.recordings = t("recordings")
+        self.replies = t("replies")
+        self._reply_partitions = settings.reply_partitions
         self._record_retention_ms = settings.record_retention_ms
         self._partitions = settings.partitions
         self._dead_letter_bytes = settings.max_dead_letter_bytes
@@ -73,6 +79,9 @@ class Topics:
             TopicSpec(self.recovery, 1, dict(COMPACTED)),
             # recorded runs for replay (docs/replay.md): kept for a time, keyed like the requests
             TopicSpec(self.recordings, n, {"retention.ms": str(self._record_retention_ms)}),
+            # every client's replies, each client reading one partition (docs/client.md); a reply is
+            # read within seconds or never, so an hour's retention only bounds the topic's size
+            TopicSpec(self.replies, self._reply_partitions, {"retention.ms": str(REPLY_RETENTION_MS)}),
         ]
 
 
@@ -125,6 +134,10 @@ def delete_topics(admin: AdminClient, names: list[str], timeout: float = 30.0) -
             future.result(timeout=timeout)
 
 
+def _partitions_setting(topic: str) -> str:
+    return _PARTITIONS_SETTING.get(topic.rsplit(".", 1)[-1], "SCRIPTFORGE_PARTITIONS")
+
+
 def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
     # a freshly created topic is not writable until each partition has a leader; producing earlier
     # would make the first request wait for librdkafka's metadata refresh
@@ -137,7 +150,7 @@ def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout: float
             if t is not None and t.error is None and len(t.partitions) not in (0, count):
                 raise BrokerError(
                     f"topic {name} exists with {len(t.partitions)} partitions, expected {count}: "
-                    f"delete it or set SCRIPTFORGE_PARTITIONS={len(t.partitions)}"
+                    f"delete it or set {_partitions_setting(name)}={len(t.partitions)}"
                 )
             if (
                 t is not None
