@@ -41,6 +41,16 @@ class BrokerError(ScriptForgeError):
     retriable = True
 
 
+class BrokerUnreachableError(BrokerError):
+    """No broker answered (at a client's start, or a request could not be sent): try again once Kafka
+    serves."""
+
+
+class TopicsMissingError(BrokerError):
+    """Topics a client needs do not exist: a client creates none (docs/client.md); a worker does
+    (``scriptforge worker`` or ``scriptforge dev``). Retriable: they exist once a worker has started."""
+
+
 class DeliveryError(BrokerError):
     """A record was not delivered. ``code`` is librdkafka's error name (``MSG_SIZE_TOO_LARGE``,
     ``UNKNOWN_TOPIC_OR_PART``, ``_MSG_TIMED_OUT``, ...). Not ``retriable`` when the same record to the

@@ -16,3 +16,18 @@ def test_recent_ids_forget_the_oldest_beyond_capacity() -> None:
     ids.discard("c")
     ids.discard("never")
     assert "c" not in ids and len(ids) == 2
+
+
+def test_murmur2_is_kafkas_own() -> None:
+    # the vectors of Kafka's UtilsTest.testMurmur2 (signed there)
+    from pipeline.kafka.partitioner import default_partition, murmur2
+
+    vectors = {
+        b"21": -973932308,
+        b"foobar": -790332482,
+        b"a-little-bit-long-string": -985981536,
+        b"abc": 479470107,
+    }
+    for key, signed in vectors.items():
+        assert murmur2(key) == signed & 0xFFFFFFFF
+    assert default_partition(b"foobar", 7) == (-790332482 & 0x7FFFFFFF) % 7

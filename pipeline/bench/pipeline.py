@@ -97,13 +97,18 @@ from confluent_kafka.admin import AdminClient
 from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
 from pipeline.bench.figures import percentile
 from pipeline.broker.local import probe_kafka, split_host_port
-from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
+from pipeline.client.client import (
+    HEADER_CALL_ID,
+    HEADER_REPLY_PARTITION,
+    HEADER_REPLY_TOPIC,
+    InvocationClient,
+)
 from pipeline.errors import BrokerError, CodecError, UsageError
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
-from pipeline.wire.topics import delete_topics
+from pipeline.wire.topics import delete_topics, ensure_topics
 from sandbox.bench import ROUTING_SCRIPT
 
 _REQUESTS = codec(InvocationRequest)
@@ -194,9 +199,11 @@ def echo_main(bootstrap: str, topic: str, group: str) -> int:
                 if isinstance(reply_topic, bytes):
                     reply_topic = reply_topic.decode()
                 value = m.value()
+                # the client's partition of the shared replies topic, as a worker answers
+                partition = int(headers.get(HEADER_REPLY_PARTITION) or -1)
                 while True:
                     try:
-                        producer.produce(reply_topic, value, headers.get(HEADER_CALL_ID))
+                        producer.produce(reply_topic, value, headers.get(HEADER_CALL_ID), partition=partition)
                         break
                     except BufferError:
                         producer.poll(0.01)
@@ -329,6 +336,7 @@ class PhaseDriver:
                 script=self.scripts[seq % len(self.scripts)],
                 vars=vars,
                 reply_topic=reply_topic,
+                reply_partition=self.client.reply_partition,
                 deadline_ms=planned + self.timeout_ms,
                 timestamp_ms=planned,
                 account="default",
@@ -645,7 +653,8 @@ def merge(parts: Sequence[Phase]) -> Phase:
 @contextlib.asynccontextmanager
 async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> AsyncIterator[Contender]:
     settings = dataclasses.replace(base, topic_prefix=f"{prefix}-echo")
-    async with BenchClient(settings, keep_values=False) as client:  # creates the request topic
+    await _ensure_topics(settings)  # as a worker would: a client creates none
+    async with BenchClient(settings, keep_values=False) as client:
         log = (workdir / "echo.log").open("wb")
         cmd = [
             sys.executable,
@@ -739,6 +748,7 @@ async def _scriptforge(
         return contender.proc
 
     try:
+        await _ensure_topics(settings)  # the worker starting beside may not have made them yet
         async with BenchClient(settings, keep_values=True) as client:
             worker = functools.partial(process_cpu_s, proc.pid)
             sandboxes = functools.partial(descendants_cpu_s, proc.pid)
@@ -835,6 +845,11 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+async def _ensure_topics(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.broker})
+    await asyncio.to_thread(ensure_topics, settings, admin)
 
 
 def _delete_prefix(settings: Settings, prefix: str) -> int:

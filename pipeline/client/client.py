@@ -1,43 +1,62 @@
-"""The routing engine's client library: one request/reply invocation of a script through Kafka.
+"""The routing engine's client library: one request/reply invocation of a script through Kafka, a
+routed call (``route``), and a call's outcome reported (``cdr``). docs/client.md has the design.
 
-Each client instance owns a reply topic (one partition, created on start, deleted on close) read with
-``assign()``, not a consumer group, so starting a client never waits for a rebalance (docs/dependencies.md). A
-lone request goes out at once and a burst goes out batched (pipeline/kafka/producers.py), and the reply
-consumer's fetch wait is 10 ms: the latency of a call is what matters.
+Every client reads its replies from one partition of the shared replies topic, picked at random on
+start and read with ``assign()`` from the end offset it asks for before sending anything: no consumer
+group (starting never waits for a rebalance, docs/dependencies.md), nothing created (a client needs no
+right to create topics: workers create them), nothing left behind when it dies. Each request names
+that partition (``reply_partition``). Clients sharing a partition drop each other's replies
+(``foreign``). A lone request goes out at once and a burst goes out batched
+(pipeline/kafka/producers.py), and the reply consumer's fetch wait is 10 ms: the latency of a call is
+what matters.
 
 Replies are read as soon as a worker produces them, before its transaction commits: a worker killed
 after replying runs the request again, and its runs are deterministic, so a second reply brings the same
 decision (docs/state.md). The first reply per call id wins, later ones are counted in ``duplicates``.
-Requests also carry the call id and the reply topic as Kafka headers, so a worker can answer a request
-whose body it cannot decode.
+Requests also carry the call id and the reply topic and partition as Kafka headers, so a worker can
+answer a request whose body it cannot decode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
 from typing import Any, TypedDict, Unpack
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
+    KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from pipeline.errors import BrokerError, CodecError
+from pipeline.asr.cdr import Cdr
+from pipeline.errors import (
+    BrokerError,
+    BrokerUnreachableError,
+    CodecError,
+    TopicsMissingError,
+    UsageError,
+)
 from pipeline.kafka.connection import client_config
+from pipeline.kafka.partitioner import default_partition
 from pipeline.kafka.producers import SplitProducer
+from pipeline.routes.call import route_call
+from pipeline.routes.decision import RoutingDecision
+from pipeline.routes.table import RoutesTable
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
-from pipeline.wire.topics import Topics, TopicSpec, create_topics, delete_topics
+from pipeline.wire.topics import Topics
+from sandbox.asr import is_answered
 from sandbox.types import Outcome, Reason
 
 _REQUESTS = codec(InvocationRequest)
@@ -46,6 +65,14 @@ _REPLIES = codec(InvocationReply)
 #: Kafka headers every request carries beside its Avro body (read when the body is unreadable)
 HEADER_CALL_ID = "sf-call-id"
 HEADER_REPLY_TOPIC = "sf-reply-topic"
+HEADER_REPLY_PARTITION = "sf-reply-partition"
+
+#: how long a client's start waits for the broker to answer before it is unreachable
+START_TIMEOUT_S = 10.0
+#: librdkafka errors of a request's delivery that mean no broker could be reached
+_UNREACHABLE = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT}
+)
 
 
 class CallOptions(TypedDict, total=False):
@@ -58,21 +85,43 @@ class CallOptions(TypedDict, total=False):
 
 
 class InvocationClient:
-    """``async with InvocationClient(bootstrap, settings) as client: await client.invoke(...)``."""
+    """``async with InvocationClient(bootstrap, settings) as client: await client.invoke(...)``.
+
+    Safe from many tasks of its event loop at once (one producer, one reply consumer); from threads,
+    use :class:`pipeline.client.blocking.BlockingClient`."""
 
     def __init__(
-        self, bootstrap: str | None = None, settings: Settings | None = None, *, reply_grace_ms: int = 2000
+        self,
+        bootstrap: str | None = None,
+        settings: Settings | None = None,
+        *,
+        reply_grace_ms: int = 2000,
+        reply_partition: int | None = None,
     ) -> None:
-        self.settings = settings or Settings()
-        self.bootstrap = bootstrap or self.settings.broker
+        """``reply_partition``: the partition of the replies topic to read (None: one at random, the
+        normal case; tests name one to make clients share it)."""
+        settings = settings or Settings()
+        self.bootstrap = bootstrap or settings.broker
+        # the routes table and every other reader made here use the client's broker
+        self.settings = dataclasses.replace(settings, broker=self.bootstrap)
         self.topics = Topics(self.settings)
-        self.reply_topic = self.settings.topic(f"replies.{uuid.uuid4().hex[:16]}")
+        self.reply_topic = self.topics.replies
+        self._wanted_partition = reply_partition
+        #: the partition of ``reply_topic`` this client reads (known once started)
+        self.reply_partition = -1
         #: how long past the request's deadline to wait for its reply (the worker answers `expired`)
         self.reply_grace_ms = reply_grace_ms
+        #: replies read for a call id this client was waiting for (the first per call id)
+        self.replies = 0
+        #: its own call id answered again (a worker re-ran the request after a crash)
         self.duplicates = 0
         #: replies that came after ``invoke`` had given up waiting
         self.late = 0
-        self.replies = 0
+        #: replies to other clients sharing the partition: read and dropped
+        self.foreign = 0
+        self._partitions: dict[str, int] = {}  # partition counts of the topics at start
+        self._routes: RoutesTable | None = None
+        self._routes_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[InvocationReply]] = {}
         # recent call ids only: a duplicate or late reply comes within seconds, and a long-lived
         # client (the routing engine's) must not keep every call id it ever made
@@ -108,32 +157,71 @@ class InvocationClient:
         await self.close()
 
     async def start(self) -> None:
+        """Finds the topics (BrokerUnreachableError, TopicsMissingError: nothing is created), picks
+        the reply partition and starts reading it at its end, before any request can be sent."""
         self._loop = asyncio.get_running_loop()
-        # the invocations topic too: producing first would let a broker with auto-creation make it
+        self._partitions = await asyncio.to_thread(self._topic_partitions)
+        # invocations too: producing to a missing one would let a broker with auto-creation make it
         # with 1 partition, and workers would then refuse it
-        spec = TopicSpec(self.reply_topic, 1, {"retention.ms": str(3600_000)})
-        try:
-            await asyncio.to_thread(
-                partial(create_topics, self._admin, [*self.topics.specs(), spec], strict=False)
-            )
-        except BrokerError as exc:
-            raise BrokerError(f"Kafka at {self.bootstrap}: {exc}") from None
-        # the topic is new: reading from its beginning cannot miss a reply, however late assign lands
-        self._consumer.assign([TopicPartition(self.reply_topic, 0, OFFSET_BEGINNING)])
+        self._require([self.topics.invocations, self.reply_topic])
+        count = self._partitions[self.reply_topic]
+        wanted = self._wanted_partition
+        if wanted is not None and not 0 <= wanted < count:
+            raise UsageError(f"reply partition {wanted}: {self.reply_topic} has partitions 0 to {count - 1}")
+        # at random: which partitions live clients read is not knowable without coordinating (a
+        # group, a lease), and coordination is what this design avoids; a collision costs only
+        # reading another client's replies (docs/client.md)
+        self.reply_partition = random.randrange(count) if wanted is None else wanted
+        # the end offset asked explicitly, not "latest" left to the consumer: librdkafka resolves that
+        # when its fetcher starts, after requests may have been sent and answered
+        end = await asyncio.to_thread(self._end_offset)
+        self._consumer.assign([TopicPartition(self.reply_topic, self.reply_partition, end)])
         self._thread = threading.Thread(target=self._poll_replies, name="scriptforge-replies", daemon=True)
         self._thread.start()
 
-    async def close(self, delete_reply_topic: bool = True) -> None:
+    async def close(self) -> None:
+        """Stops reading and sends what is queued; leaves nothing on the broker (no topic, no group)."""
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5)
         await asyncio.to_thread(self._producer.flush, 5)
         self._consumer.close()
-        if delete_reply_topic:
-            await asyncio.to_thread(delete_topics, self._admin, [self.reply_topic])
+        if self._routes is not None:
+            await asyncio.to_thread(self._routes.close)
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+
+    def _topic_partitions(self) -> dict[str, int]:
+        """Partition counts of the topics that exist, by name (blocking)."""
+        try:
+            topics = self._admin.list_topics(timeout=START_TIMEOUT_S).topics
+        except KafkaException as exc:
+            raise BrokerUnreachableError(
+                f"no Kafka broker answered at {self.bootstrap} within {START_TIMEOUT_S:.0f} s "
+                f"({exc.args[0].str()}); check SCRIPTFORGE_BROKER and that the broker runs"
+            ) from None
+        return {name: len(t.partitions) for name, t in topics.items() if t.error is None}
+
+    def _require(self, names: list[str]) -> None:
+        missing = [name for name in names if name not in self._partitions]
+        if missing:
+            raise TopicsMissingError(
+                f"Kafka at {self.bootstrap} has no topic {', '.join(missing)}: a client creates no "
+                "topics; a worker does when it starts (`scriptforge worker`, or `scriptforge dev`) "
+                f"with the same SCRIPTFORGE_TOPIC_PREFIX ({self.settings.topic_prefix})"
+            )
+
+    def _end_offset(self) -> int:
+        partition = TopicPartition(self.reply_topic, self.reply_partition)
+        try:
+            _, high = self._consumer.get_watermark_offsets(partition, timeout=START_TIMEOUT_S)
+        except KafkaException as exc:
+            raise BrokerUnreachableError(
+                f"Kafka at {self.bootstrap} did not give the end of {self.reply_topic} "
+                f"[{self.reply_partition}] within {START_TIMEOUT_S:.0f} s ({exc.args[0].str()})"
+            ) from None
+        return int(high)
 
     # ---- requests ----------------------------------------------------------------------------------
     def submit(
@@ -155,6 +243,7 @@ class InvocationClient:
             script=script,
             vars=vars,
             reply_topic=self.reply_topic,
+            reply_partition=self.reply_partition,
             deadline_ms=now + timeout_ms,
             timestamp_ms=now,
             account=account,
@@ -167,16 +256,26 @@ class InvocationClient:
 
     def send(self, request: InvocationRequest, value: bytes | None = None) -> None:
         """Produce ``request`` (or raw ``value`` bytes in its place, for tests of malformed input)."""
+        if request.reply_topic == self.reply_topic and request.reply_partition is None:
+            # a request built by hand for this client's replies: without the partition its reply
+            # would land where the worker's partitioner puts it, most likely not where this client reads
+            request = dataclasses.replace(request, reply_partition=self.reply_partition)
         headers: list[tuple[str, str | bytes | None]] = [
             (HEADER_CALL_ID, request.call_id.encode()),
             (HEADER_REPLY_TOPIC, request.reply_topic.encode()),
         ]
+        if request.reply_partition is not None:
+            headers.append((HEADER_REPLY_PARTITION, str(request.reply_partition).encode()))
         payload = _REQUESTS.encode(request) if value is None else value
         # only the replies thread polls the producer (delivery reports, error events): one thread
         # serves its callbacks, and sending never waits on the caller's event loop
         try:
             self._producer.produce(
-                self.topics.invocations, key=request.kafka_key, value=payload, headers=headers
+                self.topics.invocations,
+                key=request.kafka_key,
+                value=payload,
+                headers=headers,
+                on_delivery=self._request_delivered,
             )
         except BufferError:
             raise BrokerError(
@@ -184,6 +283,27 @@ class InvocationClient:
                 f"{self.bootstrap} is taking requests slower than they come); send it again later",
                 retriable=True,
             ) from None
+
+    def _request_delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """A request's delivery report (in the replies thread): a request the broker never took fails
+        its call at once, rather than when the wait for its reply runs out."""
+        if err is None:
+            return
+        raw = dict(msg.headers() or []).get(HEADER_CALL_ID) or b""
+        call_id = raw if isinstance(raw, str) else raw.decode(errors="replace")
+        if err.code() in _UNREACHABLE:
+            error: BrokerError = BrokerUnreachableError(
+                f"call {call_id} not sent: Kafka at {self.bootstrap} could not be reached ({err.str()})"
+            )
+        else:
+            error = BrokerError(f"call {call_id} not sent to {msg.topic()}: {err.str()}", retriable=False)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail, call_id, error)
+
+    def _fail(self, call_id: str, error: BrokerError) -> None:
+        fut = self._pending.get(call_id)
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
 
     def expect(self, call_id: str) -> asyncio.Future[InvocationReply]:
         """A future for the reply to ``call_id`` (for requests produced with ``send``)."""
@@ -207,7 +327,8 @@ class InvocationClient:
     async def invoke_reply(
         self, script: str, vars: Any, *, timeout_ms: int = 2000, **options: Unpack[CallOptions]
     ) -> InvocationReply | None:
-        """Like ``invoke`` but returning the whole reply (version, worker, timings), None on timeout."""
+        """Like ``invoke`` but returning the whole reply (version, worker, timings), None on timeout;
+        BrokerUnreachableError when the request could not be sent."""
         request, fut = self.submit(script, vars, timeout_ms=timeout_ms, **options)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), (timeout_ms + self.reply_grace_ms) / 1000)
@@ -272,20 +393,34 @@ class InvocationClient:
                 if error.code() != KafkaError._PARTITION_EOF:
                     time.sleep(0.05)
                 continue
+            if self._foreign(msg.key()):
+                self.foreign += 1  # only this thread counts them
+                continue
             try:
                 reply = _REPLIES.decode(msg.value())
             except CodecError:
                 continue  # not ours to fail on: a reply we cannot read is as good as none
             self._call_soon(self._deliver, reply)
 
+    def _foreign(self, key: bytes | None) -> bool:
+        """Whether a reply (keyed by call id) is another client's: dropped here, undecoded, without
+        waking the event loop. The sets are read from this thread while the loop changes them; a
+        call id is in ``_pending`` before its request is sent, and in ``_answered`` before it leaves
+        ``_pending``, so no reply of this client's is taken for foreign."""
+        if key is None:
+            return False  # decoded and judged by its body
+        call_id = key.decode(errors="replace")
+        mine = call_id in self._pending or call_id in self._answered or call_id in self._given_up
+        return not mine
+
     def _call_soon(self, fn: Callable[[InvocationReply], None], reply: InvocationReply) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, reply)
 
     def _deliver(self, reply: InvocationReply) -> None:
-        self.replies += 1
         fut = self._pending.get(reply.call_id)
         if fut is not None and not fut.done():
+            self.replies += 1
             fut.set_result(reply)
             self._answered.add(reply.call_id)
         elif reply.call_id in self._given_up:
@@ -294,6 +429,93 @@ class InvocationClient:
             self.late += 1
         elif reply.call_id in self._answered:
             self.duplicates += 1
+        else:
+            self.foreign += 1
+
+    # ---- routed calls and their outcomes ------------------------------------------------------------
+    async def route(
+        self, customer: str, route: str, routing: dict[str, Any], *, account: str = "default"
+    ) -> RoutingDecision:
+        """The RoutingDecision for one call (pipeline/routes/call.py), from a copy of the routes topic
+        kept live in this client (read whole on first use). No reply within the route's timeout is the
+        route's timeout action (``timed_out``); a missing route is a NoSuchRouteError."""
+        table = await self._routes_table()
+        return await route_call(self, table, account, customer, route, routing)
+
+    async def _routes_table(self) -> RoutesTable:
+        async with self._routes_lock:
+            if self._routes is None:
+                # checked first: RoutesTable.start would create a missing topic, and a client creates none
+                self._require([self.topics.routes])
+                table = RoutesTable(self.settings)
+                await asyncio.to_thread(table.start)
+                await asyncio.to_thread(table.wait_caught_up)
+                self._routes = table
+            return self._routes
+
+    async def cdr(
+        self,
+        dest_number: str,
+        sip_code: int,
+        duration_s: float = 0.0,
+        *,
+        time_ms: int | None = None,
+        account: str = "",
+        cli: str | None = None,
+    ) -> None:
+        """Reports a finished call to the cdrs topic as ``scriptforge cdr load`` does (answered when
+        the code is 2xx; ``time_ms`` default now); returns once the broker has it. A CDR that is not
+        valid is a UsageError saying why."""
+        self._require([self.topics.cdrs])
+        try:
+            record = Cdr(
+                time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
+                dest_number=dest_number,
+                sip_code=sip_code,
+                answered=is_answered(sip_code),
+                duration_s=duration_s,
+                account=account,
+                cli=cli or None,
+            )
+        except ValueError as exc:
+            raise UsageError(f"CDR not sent: {exc}") from None
+        if duration_s > 0 and not record.answered:
+            raise UsageError(f"CDR not sent: sip_code {sip_code} is not an answer, so it has no duration")
+        assert self._loop is not None, "start() the client first"
+        delivered: asyncio.Future[None] = self._loop.create_future()
+        # the partition Kafka's default partitioner picks, as the ASR job requires (pipeline/asr/cdr.py)
+        partition = default_partition(record.key, self._partitions[self.topics.cdrs])
+        try:
+            self._producer.produce(
+                self.topics.cdrs,
+                record.encode(),
+                record.key,
+                partition=partition,
+                on_delivery=lambda err, _msg: self._cdr_delivered(delivered, err),
+            )
+        except BufferError:
+            raise BrokerError("CDR not sent: the client's send queue is full", retriable=True) from None
+        await delivered
+
+    def _cdr_delivered(self, delivered: asyncio.Future[None], err: KafkaError | None) -> None:
+        """A CDR's delivery report (in the replies thread), handed to the loop."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        if err is None:
+            self._loop.call_soon_threadsafe(_settle, delivered, None)
+            return
+        kind = BrokerUnreachableError if err.code() in _UNREACHABLE else BrokerError
+        error = kind(f"CDR not delivered to {self.topics.cdrs} at {self.bootstrap}: {err.str()}")
+        self._loop.call_soon_threadsafe(_settle, delivered, error)
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
 
 
 #: call ids a client remembers as answered or given up on, for counting duplicate and late replies

@@ -146,7 +146,7 @@ async def send_live(
 
 
 async def _until_replies_flow(client: InvocationClient, settings: Settings) -> None:
-    """Waits until ``client`` reads its reply topic, by sending it a reply of its own.
+    """Waits until ``client`` reads its reply partition, by sending it a reply of its own.
 
     A started client's reply consumer begins fetching its new topic about half a second later: the
     replies to the first requests would wait for it, and that wait would show in the latencies as if
@@ -164,7 +164,12 @@ async def _until_replies_flow(client: InvocationClient, settings: Settings) -> N
     )
     future = client.expect(call_id)
     producer = Producer({**client_config(), "bootstrap.servers": settings.broker})
-    producer.produce(client.reply_topic, key=call_id.encode(), value=_REPLIES.encode(reply))
+    producer.produce(
+        client.reply_topic,
+        key=call_id.encode(),
+        value=_REPLIES.encode(reply),
+        partition=client.reply_partition,
+    )
     left = await asyncio.to_thread(producer.flush, WARM_UP_TIMEOUT_S)
     if left:
         raise BrokerError(
@@ -200,6 +205,7 @@ def _request(
         vars_json=run.vars_json,
         version=version,
         reply_topic=client.reply_topic,
+        reply_partition=client.reply_partition,
         timestamp_ms=now,
         deadline_ms=now + deadline_ms,
     )

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.client.client import InvocationClient
 from pipeline.errors import UsageError
 from pipeline.routes.assignment import RESERVED_VAR
 from pipeline.routes.decision import RoutingDecision, decide
 from pipeline.routes.table import RoutesTable
 from pipeline.wire.records import RouteAssignment
 from sandbox.types import Outcome
+
+if TYPE_CHECKING:  # the client imports this module for its ``route``
+    from pipeline.client.client import InvocationClient
 
 
 async def route_call(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
-from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC
+from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_PARTITION, HEADER_REPLY_TOPIC
 from pipeline.errors import BrokerError, CodecError, DeliveryError
 from pipeline.observability import metrics
 from pipeline.scripts.registry import ScriptRegistry
@@ -46,6 +47,7 @@ from pipeline.wire.records import (
 from pipeline.wire.topics import Topics
 from pipeline.worker.effects import outbound_records, recorded_run_record, run_log_record, sampled
 from pipeline.worker.lanes import TP
+from pipeline.worker.output import resolve
 from pipeline.worker.transactions import Transactions
 from sandbox.pool import SandboxPool
 from sandbox.recording import Journal
@@ -124,7 +126,12 @@ class _Reply:
     def send(self) -> asyncio.Future[None]:
         request = self.request
         self.handler.send_then(
-            self.msg, request.reply_topic, request.call_id.encode(), self.value, self._sent
+            self.msg,
+            request.reply_topic,
+            request.call_id.encode(),
+            self.value,
+            self._sent,
+            _partition(request),
         )
         return self.done
 
@@ -271,9 +278,35 @@ class InvocationHandler:
         except CodecError as exc:
             return await self._reject(msg, exc.dead_letter_reason, str(exc), received)
         try:
+            bad = self._bad_reply_partition(request)
+            if bad:
+                await self._unanswerable(msg, request, bad)
+                return None
             return await self._check(msg, request, received)
         except Exception as exc:
             return await self._worker_error(msg, request, exc, received)
+
+    def _bad_reply_partition(self, request: InvocationRequest) -> str:
+        """Why the partition ``request`` names for its reply cannot take it, or ''. The shared replies
+        topic has exactly ``reply_partitions`` (a worker refuses to start otherwise); another topic's
+        partition past its end fails at delivery, and that request is dead-lettered then."""
+        wanted = request.reply_partition
+        if wanted is None:
+            return ""
+        shared = request.reply_topic == self.topics.replies
+        count = self.settings.reply_partitions
+        if wanted < 0 or (shared and wanted >= count):
+            have = f"0 to {count - 1}" if shared else "0 and up"
+            return (
+                f"invalid input: reply partition {wanted} of {request.reply_topic!r} does not exist "
+                f"(it has partitions {have}); the request is not run, since its reply could not be read"
+            )
+        return ""
+
+    async def _unanswerable(self, msg: Any, request: InvocationRequest, detail: str) -> None:
+        """A request whose reply has nowhere to go: dead-lettered, not run, not answered."""
+        await self._dead_letter(msg, "bad_reply_partition", detail, request.attempt + 1, request.call_id)
+        self._mark(msg)
 
     async def _worker_error(
         self, msg: Any, request: InvocationRequest, exc: Exception, received: int
@@ -445,7 +478,13 @@ class InvocationHandler:
             generation = getattr(msg, "generation", 0)
             self.transactions.send_then(topic, key, value, then, generation=generation, partition=partition)
 
-    def _send(self, msg: Any, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+    def _send(
+        self, msg: Any, topic: str, key: bytes, value: bytes, partition: int = -1
+    ) -> asyncio.Future[None]:
+        if partition >= 0:  # a reply to a client's partition: through send_then, which takes one
+            delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.send_then(msg, topic, key, value, functools.partial(resolve, delivered), partition)
+            return delivered
         if self.transactions is None:
             return self.output.send(topic, key, value)
         return self.transactions.send(topic, key, value, generation=getattr(msg, "generation", 0))
@@ -566,7 +605,9 @@ class InvocationHandler:
                 break
             await asyncio.sleep(0.2 * attempt)
             try:
-                await self._send(reply.msg, request.reply_topic, request.call_id.encode(), reply.value)
+                await self._send(
+                    reply.msg, request.reply_topic, request.call_id.encode(), reply.value, _partition(request)
+                )
             except Exception as exc:
                 error = exc
                 continue
@@ -601,6 +642,9 @@ class InvocationHandler:
             return None
         outcome = Outcome.failure(Reason.RUNTIME, 400, f"request rejected ({reason}): {detail}")
         stub = _stub_request(call_id, msg, reply_topic)
+        if self._bad_reply_partition(stub):
+            self._mark(msg)
+            return None
         return self._reply(msg, stub, outcome, None, received, received, counted=False)
 
     async def abandon(self, msg: Any, error: BaseException) -> None:
@@ -623,7 +667,8 @@ class InvocationHandler:
         stub = request or _stub_request(call_id, msg, reply_topic)
         outcome = Outcome.failure(Reason.RUNTIME, 500, f"worker error: {detail}")
         value = self._encode_reply(stub, outcome, None, received, received)
-        self.send_then(msg, reply_topic, call_id.encode(), value, _ignore)
+        if not self._bad_reply_partition(stub):
+            self.send_then(msg, reply_topic, call_id.encode(), value, _ignore, _partition(stub))
 
     async def _dead_letter(
         self, msg: Any, reason: str, detail: str, attempts: int, call_id: str | None
@@ -693,6 +738,11 @@ def _refusal(request: InvocationRequest, definition: ScriptDefinition | None) ->
     return None
 
 
+def _partition(request: InvocationRequest) -> int:
+    """The partition the reply goes to: -1 lets the producer's partitioner choose (by call id)."""
+    return -1 if request.reply_partition is None else request.reply_partition
+
+
 def _header_address(msg: Any) -> tuple[str | None, str | None]:
     """The call id and reply topic a request's headers name: where to answer it without its body."""
     headers = _headers(msg.headers)
@@ -706,6 +756,7 @@ def _stub_request(call_id: str, msg: Any, reply_topic: str) -> InvocationRequest
     account, slash, script = (msg.key or b"").decode(errors="replace").partition("/")
     if not slash:
         account, script = "", account
+    partition = _headers(msg.headers).get(HEADER_REPLY_PARTITION, "")
     return InvocationRequest(
         call_id=call_id,
         script=script,
@@ -714,6 +765,8 @@ def _stub_request(call_id: str, msg: Any, reply_topic: str) -> InvocationRequest
         deadline_ms=0,
         timestamp_ms=0,
         account=account,
+        # a header that is not a number names no partition the client could read: answered by key
+        reply_partition=int(partition) if partition.lstrip("-").isdigit() else None,
     )
 
 
