@@ -214,14 +214,20 @@ class InvocationClient:
 
     def _end_offset(self) -> int:
         partition = TopicPartition(self.reply_topic, self.reply_partition)
-        try:
-            _, high = self._consumer.get_watermark_offsets(partition, timeout=START_TIMEOUT_S)
-        except KafkaException as exc:
-            raise BrokerUnreachableError(
-                f"Kafka at {self.bootstrap} did not give the end of {self.reply_topic} "
-                f"[{self.reply_partition}] within {START_TIMEOUT_S:.0f} s ({exc.args[0].str()})"
-            ) from None
-        return int(high)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                _, high = self._consumer.get_watermark_offsets(partition, timeout=2.0)
+                return int(high)
+            except KafkaException as exc:
+                # a topic a worker has just created answers "not leader" for a moment, even once
+                # its metadata shows a leader: asked again until the start's bound
+                if time.monotonic() > deadline:
+                    raise BrokerUnreachableError(
+                        f"Kafka at {self.bootstrap} did not give the end of {self.reply_topic} "
+                        f"[{self.reply_partition}] within {START_TIMEOUT_S:.0f} s ({exc.args[0].str()})"
+                    ) from None
+                time.sleep(0.1)
 
     # ---- requests ----------------------------------------------------------------------------------
     def submit(

@@ -20,12 +20,14 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from pipeline.client.client import InvocationClient
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import DeadLetter, InvocationRequest, ScriptState
+from pipeline.wire.topics import ensure_topics
 from pipeline.worker.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
@@ -302,6 +304,8 @@ async def test_worker_killed_mid_flight_loses_nothing(
                     "function main(d) { var s = 0; for (var i = 0; i < 20000; i++) s += i; return d.n; }",
                 )
         first = _spawn_worker(settings, log)
+        # a client creates no topics: the worker starting beside it may not have made them yet
+        ensure_topics(settings, AdminClient({"bootstrap.servers": kafka_bootstrap}))
         async with InvocationClient(kafka_bootstrap, settings) as client:
             futures = {}
             for n in range(1000):
@@ -395,6 +399,8 @@ async def test_no_reply_says_what_is_known_not_a_guess(
 ) -> None:
     """Nobody serves this prefix: the timeout says so, from the broker's own account of the group."""
     settings = _settings(kafka_bootstrap, tmp_path)
+    # the topics of a worker that has stopped (a client creates none)
+    ensure_topics(settings, AdminClient({"bootstrap.servers": kafka_bootstrap}))
     try:
         async with InvocationClient(kafka_bootstrap, settings, reply_grace_ms=0) as client:
             outcome = await client.invoke("anything", {}, timeout_ms=300)

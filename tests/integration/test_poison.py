@@ -19,7 +19,12 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from pipeline.client.client import HEADER_CALL_ID, HEADER_REPLY_TOPIC, InvocationClient
+from pipeline.client.client import (
+    HEADER_CALL_ID,
+    HEADER_REPLY_PARTITION,
+    HEADER_REPLY_TOPIC,
+    InvocationClient,
+)
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
@@ -72,12 +77,21 @@ def raw(settings: Settings) -> Iterator[Producer]:
 
 
 def _send_raw(
-    raw: Producer, settings: Settings, key: bytes, value: bytes, call_id: str, reply_to: str
+    raw: Producer,
+    settings: Settings,
+    key: bytes,
+    value: bytes,
+    call_id: str,
+    reply_to: str,
+    partition: int | None = None,
 ) -> None:
+    """Sends ``value`` with the headers a client sends (``partition``: the client's reply partition)."""
     headers: list[tuple[str, str | bytes | None]] = [
         (HEADER_CALL_ID, call_id.encode()),
         (HEADER_REPLY_TOPIC, reply_to.encode()),
     ]
+    if partition is not None:
+        headers.append((HEADER_REPLY_PARTITION, str(partition).encode()))
     raw.produce(Topics(settings).invocations, key=key, value=value, headers=headers)
     assert raw.flush(10) == 0, "the broker did not take the record"
 
@@ -90,13 +104,16 @@ async def _answered_after(client: InvocationClient, script: str, count: int = 10
     assert [o.response["n"] if o.response else o for o in outcomes] == list(range(count))
 
 
-def _request(script: str, reply_topic: str, vars: Any, call_id: str) -> InvocationRequest:
+def _request(
+    script: str, reply_topic: str, vars: Any, call_id: str, reply_partition: int | None = None
+) -> InvocationRequest:
     now = int(time.time() * 1000)
     return InvocationRequest.create(
         call_id=call_id,
         script=script,
         vars=vars,
         reply_topic=reply_topic,
+        reply_partition=reply_partition,
         deadline_ms=now + 10_000,
         timestamp_ms=now,
         account="default",
@@ -114,7 +131,8 @@ async def test_unreadable_records_of_any_size_are_dead_lettered_whole_or_as_a_re
     values = {small: b"\x00garbage" + b"s" * 150_000, large: b"\x00garbage" + b"L" * 1_040_000}
     replies = {call_id: client.expect(call_id) for call_id in values}
     for call_id, value in values.items():
-        _send_raw(raw, settings, script_key("default", script).encode(), value, call_id, client.reply_topic)
+        key = script_key("default", script).encode()
+        _send_raw(raw, settings, key, value, call_id, client.reply_topic, client.reply_partition)
 
     for call_id, fut in replies.items():
         reply: InvocationReply = await asyncio.wait_for(fut, 20)
@@ -137,8 +155,12 @@ async def test_a_request_over_the_size_limit_is_answered_invalid_input_and_a_lar
 ) -> None:
     fits, over = f"fits-{uuid.uuid4().hex[:6]}", f"over-{uuid.uuid4().hex[:6]}"
     bodies = {
-        fits: _request(script, client.reply_topic, {"n": 1, "pad": "x" * 400_000}, fits),
-        over: _request(script, client.reply_topic, {"n": 2, "pad": "y" * 900_000}, over),
+        fits: _request(
+            script, client.reply_topic, {"n": 1, "pad": "x" * 400_000}, fits, client.reply_partition
+        ),
+        over: _request(
+            script, client.reply_topic, {"n": 2, "pad": "y" * 900_000}, over, client.reply_partition
+        ),
     }
     replies = {call_id: client.expect(call_id) for call_id in bodies}
     for call_id, body in bodies.items():
@@ -162,7 +184,7 @@ async def test_a_miskeyed_request_is_refused_and_dead_lettered_not_run_in_anothe
     read_dead_letters: ReadDeadLetters,
 ) -> None:
     call_id = f"miskeyed-{uuid.uuid4().hex[:6]}"
-    body = _request(script, client.reply_topic, {"n": 7}, call_id)
+    body = _request(script, client.reply_topic, {"n": 7}, call_id, client.reply_partition)
     reply = client.expect(call_id)
     _send_raw(
         raw, settings, b"some-other-script", codec(InvocationRequest).encode(body), call_id, body.reply_topic

@@ -100,6 +100,8 @@ async def traffic(
     worker = WorkerProcess("worker", settings, folder / "data", folder / "worker.log")
     worker.start()
     try:
+        # a client creates no topics: the worker starting beside it may not have made them yet
+        ensure_topics(settings, AdminClient({"bootstrap.servers": settings.broker}))
         async with InvocationClient(settings.broker, settings) as client:
             await _wait_ready(worker)
             futures: dict[str, asyncio.Future[InvocationReply]] = {}

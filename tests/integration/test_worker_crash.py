@@ -22,11 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from pipeline.client.client import InvocationClient
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.records import DeadLetter
+from pipeline.wire.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -72,6 +74,8 @@ async def test_a_request_that_kills_its_worker_is_dead_lettered_after_max_attemp
         with ScriptRegistry(settings) as reg:
             for name in scripts:
                 reg.deploy("default", name, ECHO)
+        # a client creates no topics: a worker does, and this one may not have started yet
+        ensure_topics(settings, AdminClient({"bootstrap.servers": kafka_bootstrap}))
         async with InvocationClient(kafka_bootstrap, settings) as client:
             futures = {}
 
