@@ -212,7 +212,8 @@ class Transactions:
             then(None)
             return
         if topic not in self._known:
-            self._fallback.send_then(topic, key or b"", value or b"", then)
+            # with its partition: a client reads one partition of the shared replies topic
+            self._fallback.send_then(topic, key or b"", value or b"", then, partition)
             self._look_up(topic)
             return
         self._dirty = True
