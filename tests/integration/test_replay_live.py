@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import UsageError
 from pipeline.replay.archive import open_archive, write_archive
@@ -23,6 +24,7 @@ from pipeline.replay.live import run_live
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.records import RecordedRun
+from pipeline.wire.topics import ensure_topics
 from pipeline.worker.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
@@ -145,6 +147,8 @@ async def test_without_a_worker_nothing_is_answered(
 ) -> None:
     unserved = Settings(broker=kafka_bootstrap, topic_prefix=f"test-unserved-{uuid.uuid4().hex[:10]}")
     path = _recording(tmp_path / "rec.avro", "dnc", 10)
+    # the topics of a worker that is not running (a client creates none)
+    ensure_topics(unserved, AdminClient({"bootstrap.servers": kafka_bootstrap}))
     try:
         summary = await _live(unserved, path, rate=100, version=None, timeout_s=0.5)
     finally:
