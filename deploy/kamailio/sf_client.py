@@ -4,11 +4,11 @@
   (``{"action": "continue", "routing": {...}}`` or ``{"action": "reject", "code": 603, ...}``);
 - ``cdr(dest_number, sip_code, duration_s, ...)``: one call detail record onto the ``cdrs`` topic.
 
-Interim implementation. The client library is getting ``pipeline.client.BlockingClient`` (a blocking
-``route``/``cdr`` owning a private asyncio loop in a daemon thread); until it lands on this branch, this
-module builds the same thing from what exists: an ``InvocationClient`` and a ``RoutesTable`` driven by
-``route_call`` on an asyncio loop in a daemon thread. When BlockingClient lands, ``_Engine`` goes and
-``route``/``cdr`` become thin calls into it; the KEMI script does not change.
+Interim implementation: an ``InvocationClient`` and a ``RoutesTable`` driven by ``route_call`` on an
+asyncio loop in a daemon thread. ``pipeline.client.BlockingClient`` now does the same for any caller;
+moving this adapter onto it is the next step, once it does two things this one does: catch its routes
+table up when a route is not found (below), and report a CDR without waiting for the broker (the call's
+worker must not wait at BYE). The KEMI script will not change.
 
 One engine per process, created on first use. Kamailio loads the KEMI script in its main process and
 then forks its workers: a thread or a Kafka client made before the fork would not exist (threads) or
