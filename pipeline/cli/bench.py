@@ -1,5 +1,6 @@
-"""``scriptforge bench sandbox|pipeline|rebalance|userspace|asr|state|replay|sip``: benchmarks printing
-figures and ratios as JSON (``sip``: post-dial delay through Kamailio with and without ScriptForge)."""
+"""``scriptforge bench sandbox|pipeline|client|rebalance|userspace|asr|state|replay|sip``: benchmarks
+printing figures and ratios as JSON (``client``: the client library's round trip beside a bare Kafka
+one; ``sip``: post-dial delay through Kamailio with and without ScriptForge)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pipeline.settings import Settings
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against a baseline measured in the same run")
-    targets = ["sandbox", "pipeline", "rebalance", "userspace", "asr", "state", "replay", "sip"]
+    targets = ["sandbox", "pipeline", "client", "rebalance", "userspace", "asr", "state", "replay", "sip"]
     p.add_argument("target", choices=targets, help="what to measure")
     p.add_argument("--runs", type=int, default=3000, help="measured runs per series")
     p.add_argument("--processes", type=int, default=0, help="sandbox processes (0: cores + 2)")
@@ -62,6 +63,12 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="run each worker under cProfile into FILE, its configuration in the name",
     )
+    client = p.add_argument_group("client")
+    client.add_argument("--client-rate", type=int, default=500, help="requests per second of each round")
+    client.add_argument("--client-seconds", type=float, default=5.0, help="length of each round")
+    client.add_argument(
+        "--client-rounds", type=int, default=3, help="rounds of each series, raw and client in turn"
+    )
     rebalance = p.add_argument_group("rebalance")
     rebalance.add_argument(
         "--callback-ms", type=float, default=50.0, help="how long each slow rebalance callback takes"
@@ -101,6 +108,10 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         print(format_report(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
+    if args.target == "client":
+        from pipeline.bench.client import run_client_bench
+
+        return run_client_bench(args, settings)
     if args.target == "rebalance":
         from pipeline.bench import rebalance as rebalance_bench
 
