@@ -59,6 +59,9 @@ from pipeline.wire.topics import Topics
 from sandbox.asr import is_answered
 from sandbox.types import Outcome, Reason
 
+#: how long ``route`` may wait for the routes table to catch up before a route counts as missing
+ROUTES_CATCH_UP_S = 5.0
+
 _REQUESTS = codec(InvocationRequest)
 _REPLIES = codec(InvocationReply)
 
@@ -444,11 +447,18 @@ class InvocationClient:
     ) -> RoutingDecision:
         """The RoutingDecision for one call (pipeline/routes/call.py), from a copy of the routes topic
         kept live in this client (read whole on first use). No reply within the route's timeout is the
-        route's timeout action (``timed_out``); a missing route is a NoSuchRouteError."""
-        table = await self._routes_table()
+        route's timeout action (``timed_out``); a missing route is a NoSuchRouteError.
+
+        A route not found is looked for once more after the table has read the topic to its end: the
+        table's reading thread may not have run lately (in Kamailio, a worker's threads run only while
+        one of its calls waits in Python: docs/kamailio.md), or the route was set a moment ago."""
+        table = await self.route_table()
+        if table.lookup(account, customer, route) is None:
+            await asyncio.to_thread(table.wait_caught_up, ROUTES_CATCH_UP_S)
         return await route_call(self, table, account, customer, route, routing)
 
-    async def _routes_table(self) -> RoutesTable:
+    async def route_table(self) -> RoutesTable:
+        """The client's copy of the routes topic, read whole on first use and kept live."""
         async with self._routes_lock:
             if self._routes is None:
                 # checked first: RoutesTable.start would create a missing topic, and a client creates none
