@@ -4,10 +4,11 @@
   (``{"action": "continue", "routing": {...}}`` or ``{"action": "reject", "code": 603, ...}``);
 - ``cdr(dest_number, sip_code, duration_s, ...)``: one call detail record onto the ``cdrs`` topic.
 
-It runs an ``InvocationClient`` (its ``route`` over the client's own copy of the routes topic) on an
-asyncio loop in a daemon thread, and produces CDRs without waiting for the broker: a call's worker must
-not wait at BYE, which ``pipeline.client.BlockingClient.cdr`` does (it returns once the broker has the
-CDR). That is the one reason this adapter is not simply a BlockingClient.
+Interim implementation: an ``InvocationClient`` and a ``RoutesTable`` driven by ``route_call`` on an
+asyncio loop in a daemon thread. ``pipeline.client.BlockingClient`` now does the same for any caller;
+moving this adapter onto it is the next step, once it does two things this one does: catch its routes
+table up when a route is not found (below), and report a CDR without waiting for the broker (the call's
+worker must not wait at BYE). The KEMI script will not change.
 
 One engine per process, created on first use. Kamailio loads the KEMI script in its main process and
 then forks its workers: a thread or a Kafka client made before the fork would not exist (threads) or
@@ -17,20 +18,21 @@ What Kamailio 5.6's app_python3 implies (docs/kamailio.md): the worker's main th
 GIL between two KEMI calls, so the loop thread, the client's reply thread and the routes table's reader
 only run while a KEMI call is inside Python and waiting, as ``route`` does on its future. librdkafka's
 own threads are C and keep running. So the routes table can be behind by the time since the worker's
-last call; the client looks a route that is not found up again after catching the table up.
+last call; a route that is not found is looked for again after catching the table up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 import time
 from typing import Any
 
-#: how long ``route`` waits for the client at most: the route's own timeout ends a call first (inside
-#: the client); this only ends a stuck loop
-_CALL_BOUND_S = 30.0
+#: how far past a route's own timeout ``route`` waits before giving the timeout action itself: the
+#: route's timeout is enforced inside route_call; this only bounds a stuck loop
+_SAFETY_MARGIN_S = 0.5
 #: how long the first call of a process may take to connect (topics, the routes table read whole)
 _START_TIMEOUT_S = 30.0
 #: what a call on a route that does not exist becomes (a timeout action's syntax; "200 OK" continues)
@@ -50,6 +52,7 @@ class _Engine:
 
         from pipeline.client.client import InvocationClient
         from pipeline.kafka.connection import client_config
+        from pipeline.routes.table import RoutesTable
         from pipeline.settings import Settings
         from pipeline.wire.topics import Topics
 
@@ -57,10 +60,11 @@ class _Engine:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sf-kamailio-loop", daemon=True)
         self.thread.start()
+        self.table = RoutesTable(self.settings)
+        self.table.start()
+        self.table.wait_caught_up(_START_TIMEOUT_S)
         self.client = InvocationClient(self.settings.broker, self.settings)
         self._run(self.client.start(), _START_TIMEOUT_S)
-        # the routes topic read whole now, not by the worker's first caller
-        self._run(self.client.route_table(), _START_TIMEOUT_S)
         self.cdr_topic = Topics(self.settings).cdrs
         self.producer = Producer(
             {
@@ -80,15 +84,27 @@ class _Engine:
 
     def route(self, account: str, customer: str, route: str, routing: dict[str, Any]) -> dict[str, Any]:
         from pipeline.routes.assignment import NoSuchRouteError, parse_timeout_action
+        from pipeline.routes.call import route_call
+        from pipeline.routes.decision import decide
 
-        try:
-            # the client's own routes table; the route's timeout is enforced inside; the bound here
-            # only ends a stuck loop
-            decision = self._run(self.client.route(customer, route, routing, account=account), _CALL_BOUND_S)
-        except NoSuchRouteError:
+        started = time.perf_counter()
+        assignment = self.table.lookup(account, customer, route)
+        if assignment is None:
+            # the table's reader may not have run since this worker's last call: catch up once
+            self.table.wait_caught_up(5.0)
+            assignment = self.table.lookup(account, customer, route)
+        if assignment is None:
             action = parse_timeout_action(NO_ROUTE_ACTION)
             if action.continues:
                 return {"action": "continue", "routing": routing, "error": "no_route"}
+            return {"action": "reject", "code": action.code, "message": action.message, "error": "no_route"}
+        call = route_call(self.client, self.table, account, customer, route, routing)
+        try:
+            decision = self._run(call, assignment.timeout_ms / 1000 + _SAFETY_MARGIN_S)
+        except concurrent.futures.TimeoutError:
+            decision = decide(assignment, routing, None, (time.perf_counter() - started) * 1000)
+        except NoSuchRouteError:  # deleted between the lookup and the call
+            action = parse_timeout_action(NO_ROUTE_ACTION)
             return {"action": "reject", "code": action.code, "message": action.message, "error": "no_route"}
         result: dict[str, Any] = decision.to_json()
         return result
