@@ -4,13 +4,16 @@ on those settings from here.
 
 The helpers every such module needs come as fixtures too (a test module cannot import a conftest:
 each directory's is named ``conftest``): ``read_dead_letters`` reads a prefix's dead-letter topic,
-``delete_prefix_topics`` deletes every topic of a prefix at the end.
+``delete_prefix_topics`` deletes every topic of a prefix at the end, ``make_settings`` makes a prefix's
+settings (``tests/integration/prefix.py`` turns it into a module's ``settings`` fixture in one line).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -70,6 +73,26 @@ def read_dead_letters() -> Callable[..., dict[str, DeadLetter]]:
 def delete_prefix_topics() -> Callable[[Settings], None]:
     """``delete_prefix_topics(settings)``: the topics of the settings' prefix, gone."""
     return _delete_prefix_topics
+
+
+@pytest.fixture(scope="session")
+def make_settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    """``make_settings(name, **extra)``: settings of a topic prefix of the caller's own
+    (``test-<name>-<random>``) for a worker in this process: a data directory of its own, 2 partitions,
+    2 sandbox processes, no metrics port; ``extra`` overrides any of them."""
+
+    def make(name: str, **extra: Any) -> Settings:
+        values: dict[str, Any] = {
+            "broker": kafka_bootstrap,
+            "data_dir": tmp_path_factory.mktemp(name),
+            "topic_prefix": f"test-{name}-{uuid.uuid4().hex[:8]}",
+            "partitions": 2,
+            "sandbox_processes": 2,
+            "metrics_port": 0,
+        }
+        return Settings(**{**values, **extra})
+
+    return make
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -9,7 +9,6 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +27,7 @@ from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
 from pipeline.wire.topics import Topics
 from pipeline.worker.worker import Worker
+from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -45,22 +45,7 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, delete_prefix_topics: Any
-) -> Iterator[Settings]:
-    ours = Settings(
-        broker=kafka_bootstrap,
-        data_dir=tmp_path_factory.mktemp("client"),
-        topic_prefix=f"test-client-{uuid.uuid4().hex[:8]}",
-        partitions=4,
-        reply_partitions=4,
-        sandbox_processes=4,
-        metrics_port=0,
-        record_rate=0.0,
-    )
-    yield ours
-    delete_prefix_topics(ours)
+settings = module_settings("client", partitions=4, reply_partitions=4, sandbox_processes=4, record_rate=0.0)
 
 
 @pytest.fixture(scope="module")

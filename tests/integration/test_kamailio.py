@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.worker.worker import Worker
 from tests.ci import unavailable
+from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -75,20 +75,7 @@ def _free_udp_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def settings(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, delete_prefix_topics: Any
-) -> Iterator[Settings]:
-    ours = Settings(
-        broker=kafka_bootstrap,
-        data_dir=tmp_path_factory.mktemp("kamailio"),
-        topic_prefix=f"test-kamailio-{uuid.uuid4().hex[:8]}",
-        partitions=2,
-        sandbox_processes=2,
-        metrics_port=0,
-    )
-    yield ours
-    delete_prefix_topics(ours)
+settings = module_settings("kamailio")
 
 
 @pytest.fixture(scope="module")

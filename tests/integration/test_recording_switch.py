@@ -10,7 +10,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pipeline.wire.records import RecordedRun
 from pipeline.wire.topics import Topics
 from pipeline.worker.effects import sampled
 from pipeline.worker.worker import Worker
+from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -36,21 +36,7 @@ SCRIPT = "switch"
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def settings(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, delete_prefix_topics: Any
-) -> Iterator[Settings]:
-    ours = Settings(
-        broker=kafka_bootstrap,
-        data_dir=tmp_path_factory.mktemp("switch"),
-        topic_prefix=f"test-switch-{uuid.uuid4().hex[:8]}",
-        partitions=2,
-        sandbox_processes=2,
-        metrics_port=0,
-        record_rate=1.0,
-    )
-    yield ours
-    delete_prefix_topics(ours)
+settings = module_settings("switch", record_rate=1.0)
 
 
 def _recording(rate: str, settings: Settings) -> dict[str, Any]:

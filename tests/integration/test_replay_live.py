@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pipeline.settings import Settings
 from pipeline.wire.records import RecordedRun
 from pipeline.wire.topics import ensure_topics
 from pipeline.worker.worker import Worker
+from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -36,22 +37,7 @@ SCRIPT_V2 = "function main(d) { throw [486, 'Busy']; }"
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def settings(
-    kafka_bootstrap: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    delete_prefix_topics: Callable[[Settings], None],
-) -> Iterator[Settings]:
-    ours = Settings(
-        broker=kafka_bootstrap,
-        data_dir=tmp_path_factory.mktemp("live"),
-        topic_prefix=f"test-live-{uuid.uuid4().hex[:10]}",
-        partitions=4,
-        sandbox_processes=2,
-        metrics_port=0,
-    )
-    yield ours
-    delete_prefix_topics(ours)
+settings = module_settings("live", partitions=4)
 
 
 def _deploy(settings: Settings, name: str, *sources: str) -> None:

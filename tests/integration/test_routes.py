@@ -9,7 +9,6 @@ import io
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -27,6 +26,7 @@ from pipeline.routes.table import RoutesTable
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.worker.worker import Worker
+from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
 
@@ -57,20 +57,7 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, delete_prefix_topics: Any
-) -> Iterator[Settings]:
-    ours = Settings(
-        broker=kafka_bootstrap,
-        data_dir=tmp_path_factory.mktemp("routes"),
-        topic_prefix=f"test-routes-{uuid.uuid4().hex[:8]}",
-        partitions=2,
-        sandbox_processes=2,
-        metrics_port=0,
-    )
-    yield ours
-    delete_prefix_topics(ours)
+settings = module_settings("routes")
 
 
 @pytest.fixture(scope="module")
