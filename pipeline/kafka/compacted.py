@@ -2,7 +2,8 @@
 registry (pipeline/scripts/registry.py) and the routes (pipeline/routes/table.py).
 
 A consumer without a group (``assign`` from the beginning) is polled in a daemon thread, and each
-record goes to the subclass's ``_apply``, which keeps the dicts that lookups read: a change is visible
+record is decoded here and handed to the subclass's ``_kept`` (a tombstone to ``_removed``), which keep
+the dicts that lookups read: a change is visible
 within one poll (about 50 ms), without a restart. One partition keeps the records' order total. Writes
 wait for delivery and then read their own write, so a lookup right after one in the same process sees
 it.
@@ -13,27 +14,43 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, CodecError
 from pipeline.kafka.connection import client_config
+from pipeline.observability.alarms import Alarm
 from pipeline.settings import Settings
+from pipeline.wire.codec import AvroRecord, Codec, where
 from pipeline.wire.topics import Topics, create_topics
+
+R = TypeVar("R", bound=AvroRecord)
 
 #: how long a write waits for the broker to take it
 DELIVERY_TIMEOUT_S = 15.0
 
 
-class CompactedView:
+class CompactedView(Generic[R]):
     """``start()`` begins reading; ``wait_caught_up()`` blocks until everything written before it has
-    been applied; ``_produce``/``_flush`` write. Subclasses implement ``_apply``."""
+    been applied; ``_produce``/``_flush`` write. Subclasses implement ``_kept`` and ``_removed``; a
+    record that does not decode raises ``undecodable`` and is skipped."""
 
-    def __init__(self, settings: Settings, topic: str, label: str, *, poll_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        label: str,
+        codec: Codec[R],
+        undecodable: Alarm,
+        *,
+        poll_interval: float = 0.05,
+    ) -> None:
         self.settings = settings
         self.topic = topic
+        self._codec = codec
+        self._undecodable = undecodable
         #: what the view is called in errors and in its thread's name ("registry", "routes")
         self.label = label
         self._poll_interval = poll_interval
@@ -140,5 +157,23 @@ class CompactedView:
             self._position = offset + 1
 
     def _apply(self, raw_key: bytes | None, value: bytes | None, offset: int) -> None:
-        """Keeps one record (``value`` None: a tombstone) in the subclass's view."""
+        key = (raw_key or b"").decode(errors="replace")
+        if value is None:  # a tombstone
+            with self._lock:
+                self._removed(key)
+            return
+        try:
+            record = self._codec.decode(value, where=where(self.topic, 0, offset))
+        except CodecError as exc:
+            self._undecodable.raise_("skipped a %s record that cannot be read: %s", self.label, exc)
+            return
+        with self._lock:
+            self._kept(key, record)
+
+    def _kept(self, key: str, record: R) -> None:
+        """Keeps one record (called with the lock held)."""
+        raise NotImplementedError
+
+    def _removed(self, key: str) -> None:
+        """Forgets the record of ``key`` (a tombstone; called with the lock held)."""
         raise NotImplementedError

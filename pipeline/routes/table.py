@@ -11,12 +11,11 @@ from __future__ import annotations
 import builtins
 import logging
 
-from pipeline.errors import CodecError
 from pipeline.kafka.compacted import CompactedView
 from pipeline.observability.alarms import Alarm, Summary
 from pipeline.routes.assignment import NoSuchRouteError, check_names
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec, where
+from pipeline.wire.codec import codec
 from pipeline.wire.records import RouteAssignment, route_key
 from pipeline.wire.topics import Topics
 
@@ -25,7 +24,7 @@ _CODEC = codec(RouteAssignment)
 _undecodable = Alarm("routes_undecodable", Summary(logging.getLogger(__name__)))
 
 
-class RoutesTable(CompactedView):
+class RoutesTable(CompactedView[RouteAssignment]):
     """Every route of the routes topic, kept live: ``start()``, ``wait_caught_up()``, then ``lookup``.
 
     Also the writer: ``publish`` sets a route and ``delete`` removes one, each returning once the
@@ -33,7 +32,9 @@ class RoutesTable(CompactedView):
     """
 
     def __init__(self, settings: Settings, *, poll_interval: float = 0.05) -> None:
-        super().__init__(settings, Topics(settings).routes, "routes", poll_interval=poll_interval)
+        super().__init__(
+            settings, Topics(settings).routes, "routes", _CODEC, _undecodable, poll_interval=poll_interval
+        )
         self._routes: dict[str, RouteAssignment] = {}
 
     # ---- read side -------------------------------------------------------------------------------
@@ -77,16 +78,8 @@ class RoutesTable(CompactedView):
         self._produce(key, value)
         self._flush()
 
-    def _apply(self, raw_key: bytes | None, value: bytes | None, offset: int) -> None:
-        key = (raw_key or b"").decode(errors="replace")
-        if value is None:  # a tombstone deletes the route
-            with self._lock:
-                self._routes.pop(key, None)
-            return
-        try:
-            assignment = _CODEC.decode(value, where=where(self.topic, 0, offset))
-        except CodecError as exc:
-            _undecodable.raise_("skipped a routes record that cannot be read: %s", exc)
-            return
-        with self._lock:
-            self._routes[key] = assignment
+    def _kept(self, key: str, record: RouteAssignment) -> None:
+        self._routes[key] = record
+
+    def _removed(self, key: str) -> None:
+        self._routes.pop(key, None)

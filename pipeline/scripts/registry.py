@@ -24,11 +24,11 @@ import dataclasses
 import logging
 import time
 
-from pipeline.errors import CodecError, UsageError
+from pipeline.errors import UsageError
 from pipeline.kafka.compacted import CompactedView
 from pipeline.observability.alarms import Alarm, Summary
 from pipeline.settings import Settings
-from pipeline.wire.codec import codec, where
+from pipeline.wire.codec import codec
 from pipeline.wire.records import ScriptDefinition, ScriptState, script_key, source_sha256
 from pipeline.wire.topics import Topics
 from sandbox.limits import LimitError, check_script_limits
@@ -45,7 +45,7 @@ def version_key(account: str, name: str, version: int) -> str:
     return f"{script_key(account, name)}@{version}"
 
 
-class ScriptRegistry(CompactedView):
+class ScriptRegistry(CompactedView[ScriptDefinition]):
     """Publishes script versions and keeps a live in-memory view of the scripts topic.
 
     ``start()`` begins watching; ``wait_caught_up()`` blocks until everything written before it has
@@ -53,7 +53,9 @@ class ScriptRegistry(CompactedView):
     """
 
     def __init__(self, settings: Settings, *, poll_interval: float = 0.05) -> None:
-        super().__init__(settings, Topics(settings).scripts, "registry", poll_interval=poll_interval)
+        super().__init__(
+            settings, Topics(settings).scripts, "registry", _CODEC, _undecodable, poll_interval=poll_interval
+        )
         self._pointers: dict[str, ScriptDefinition] = {}
         self._versions: dict[str, ScriptDefinition] = {}
         self._latest: dict[str, int] = {}  # account/name -> highest version seen
@@ -144,24 +146,17 @@ class ScriptRegistry(CompactedView):
     def _publish(self, key: str, definition: ScriptDefinition) -> None:
         self._produce(key, _CODEC.encode(definition))
 
-    def _apply(self, raw_key: bytes | None, value: bytes | None, offset: int) -> None:
-        key = (raw_key or b"").decode(errors="replace")
-        if value is None:  # a tombstone deletes the record
-            self._pointers.pop(key, None)
-            self._versions.pop(key, None)
-            return
-        try:
-            definition = _CODEC.decode(value, where=where(self.topic, 0, offset))
-        except CodecError as exc:
-            _undecodable.raise_("skipped a scripts record no worker can read: %s", exc)
-            return
-        with self._lock:
-            if "@" in key:
-                self._versions[key] = definition
-            else:
-                self._pointers[key] = definition
-            base = script_key(definition.account, definition.name)
-            self._latest[base] = max(self._latest.get(base, 0), definition.version)
+    def _kept(self, key: str, record: ScriptDefinition) -> None:
+        if "@" in key:
+            self._versions[key] = record
+        else:
+            self._pointers[key] = record
+        base = script_key(record.account, record.name)
+        self._latest[base] = max(self._latest.get(base, 0), record.version)
+
+    def _removed(self, key: str) -> None:
+        self._pointers.pop(key, None)
+        self._versions.pop(key, None)
 
 
 def _check_name(account: str, name: str) -> None:
