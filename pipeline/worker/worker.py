@@ -356,7 +356,9 @@ class Worker:
                     continue
                 batch = [first, *consumer.consume(POLL_BATCH, 0)]
                 loop.call_soon_threadsafe(dispatch, batch, self._read_generation)
-            # stopping: finish and commit what we own, then leave the group (close revokes the rest)
+            # stopping: finish and commit what we own, then leave the group (close revokes the rest);
+            # the offsets go with the group metadata as of now, as in a revoke (none may be read yet)
+            self._refresh_group_metadata(consumer)
             self._release([TP(p.topic, p.partition) for p in consumer.assignment()], commit=True)
         except Exception:
             log.exception("the invocations consumer failed")
