@@ -16,6 +16,7 @@ from typing import Any, Self, TypeVar, Unpack
 from pipeline.client.client import CallOptions, InvocationClient
 from pipeline.errors import BrokerError
 from pipeline.routes.decision import RoutingDecision
+from pipeline.routes.table import RoutesTable
 from pipeline.settings import Settings
 from sandbox.types import Outcome
 
@@ -92,6 +93,25 @@ class BlockingClient:
         """``InvocationClient.cdr``: returns once the broker has the CDR."""
         coro = self.client.cdr(dest_number, sip_code, duration_s, time_ms=time_ms, account=account, cli=cli)
         self._call(coro, START_TIMEOUT_S)
+
+    def send_cdr(
+        self,
+        dest_number: str,
+        sip_code: int,
+        duration_s: float = 0.0,
+        *,
+        time_ms: int | None = None,
+        account: str = "",
+        cli: str | None = None,
+    ) -> None:
+        """``InvocationClient.send_cdr``: queued for the broker, not waited for (a failure is counted
+        in ``client.cdrs_failed``). The producer is thread-safe: the loop is not involved."""
+        self.client.send_cdr(dest_number, sip_code, duration_s, time_ms=time_ms, account=account, cli=cli)
+
+    def route_table(self) -> RoutesTable:
+        """``InvocationClient.route_table``: the routes topic read whole now (a routing engine's start),
+        not by its first call."""
+        return self._call(self.client.route_table(), START_TIMEOUT_S)
 
     # ---- the loop -------------------------------------------------------------------------------
     def _call(self, coro: Coroutine[Any, Any, _T], bound_s: float) -> _T:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -49,6 +50,7 @@ from pipeline.errors import (
 from pipeline.kafka.connection import client_config
 from pipeline.kafka.partitioner import default_partition
 from pipeline.kafka.producers import SplitProducer
+from pipeline.observability.alarms import Alarm, Summary
 from pipeline.routes.call import route_call
 from pipeline.routes.decision import RoutingDecision
 from pipeline.routes.table import RoutesTable
@@ -58,6 +60,9 @@ from pipeline.wire.records import InvocationReply, InvocationRequest
 from pipeline.wire.topics import Topics
 from sandbox.asr import is_answered
 from sandbox.types import Outcome, Reason
+
+#: a CDR sent without waiting (``send_cdr``) that the broker did not take
+_cdr_lost = Alarm("client_cdr_lost", Summary(logging.getLogger(__name__)))
 
 #: how long ``route`` may wait for the routes table to catch up before a route counts as missing
 ROUTES_CATCH_UP_S = 5.0
@@ -122,6 +127,8 @@ class InvocationClient:
         self.late = 0
         #: replies to other clients sharing the partition: read and dropped
         self.foreign = 0
+        #: CDRs sent with ``send_cdr`` that the broker did not take
+        self.cdrs_failed = 0
         self._partitions: dict[str, int] = {}  # partition counts of the topics at start
         self._routes: RoutesTable | None = None
         self._routes_lock = asyncio.Lock()
@@ -133,6 +140,7 @@ class InvocationClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
         # reconnecting within 500 ms of a broker serving again, with summarised logs, as the worker
         # does (pipeline/kafka/connection.py): the caller's post-dial delay is what a slow reconnect costs
         common = {**client_config(), "bootstrap.servers": self.bootstrap}
@@ -161,7 +169,16 @@ class InvocationClient:
 
     async def start(self) -> None:
         """Finds the topics (BrokerUnreachableError, TopicsMissingError: nothing is created), picks
-        the reply partition and starts reading it at its end, before any request can be sent."""
+        the reply partition and starts reading it at its end, before any request can be sent. A
+        start that fails closes what the client holds (its librdkafka instances and their threads):
+        a caller that retries, as a SIP proxy does while the broker is away, leaks nothing."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._partitions = await asyncio.to_thread(self._topic_partitions)
         # invocations too: producing to a missing one would let a broker with auto-creation make it
@@ -183,7 +200,11 @@ class InvocationClient:
         self._thread.start()
 
     async def close(self) -> None:
-        """Stops reading and sends what is queued; leaves nothing on the broker (no topic, no group)."""
+        """Stops reading and sends what is queued; leaves nothing on the broker (no topic, no group).
+        Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5)
@@ -481,7 +502,38 @@ class InvocationClient:
     ) -> None:
         """Reports a finished call to the cdrs topic as ``scriptforge cdr load`` does (answered when
         the code is 2xx; ``time_ms`` default now); returns once the broker has it. A CDR that is not
-        valid is a UsageError saying why."""
+        valid is a UsageError saying why; one the broker did not take, a BrokerError."""
+        record = self._cdr_record(dest_number, sip_code, duration_s, time_ms, account, cli)
+        assert self._loop is not None, "start() the client first"
+        delivered: asyncio.Future[None] = self._loop.create_future()
+        self._produce_cdr(record, lambda err, _msg: self._cdr_delivered(delivered, err))
+        await delivered
+
+    def send_cdr(
+        self,
+        dest_number: str,
+        sip_code: int,
+        duration_s: float = 0.0,
+        *,
+        time_ms: int | None = None,
+        account: str = "",
+        cli: str | None = None,
+    ) -> None:
+        """``cdr`` without waiting for the broker, from any thread: for a caller that must not wait at
+        a call's end (a SIP proxy at BYE). An invalid CDR is still a UsageError at once; one the broker
+        then refuses is counted in ``cdrs_failed`` and logged (at most one line per 10 s)."""
+        record = self._cdr_record(dest_number, sip_code, duration_s, time_ms, account, cli)
+        self._produce_cdr(record, self._cdr_sent)
+
+    def _cdr_record(
+        self,
+        dest_number: str,
+        sip_code: int,
+        duration_s: float,
+        time_ms: int | None,
+        account: str,
+        cli: str | None,
+    ) -> Cdr:
         self._require([self.topics.cdrs])
         try:
             record = Cdr(
@@ -497,21 +549,17 @@ class InvocationClient:
             raise UsageError(f"CDR not sent: {exc}") from None
         if duration_s > 0 and not record.answered:
             raise UsageError(f"CDR not sent: sip_code {sip_code} is not an answer, so it has no duration")
-        assert self._loop is not None, "start() the client first"
-        delivered: asyncio.Future[None] = self._loop.create_future()
+        return record
+
+    def _produce_cdr(self, record: Cdr, on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
         # the partition Kafka's default partitioner picks, as the ASR job requires (pipeline/asr/cdr.py)
         partition = default_partition(record.key, self._partitions[self.topics.cdrs])
         try:
             self._producer.produce(
-                self.topics.cdrs,
-                record.encode(),
-                record.key,
-                partition=partition,
-                on_delivery=lambda err, _msg: self._cdr_delivered(delivered, err),
+                self.topics.cdrs, record.encode(), record.key, partition=partition, on_delivery=on_delivery
             )
         except BufferError:
             raise BrokerError("CDR not sent: the client's send queue is full", retriable=True) from None
-        await delivered
 
     def _cdr_delivered(self, delivered: asyncio.Future[None], err: KafkaError | None) -> None:
         """A CDR's delivery report (in the replies thread), handed to the loop."""
@@ -520,9 +568,17 @@ class InvocationClient:
         if err is None:
             self._loop.call_soon_threadsafe(_settle, delivered, None)
             return
+        self._loop.call_soon_threadsafe(_settle, delivered, self._cdr_error(err))
+
+    def _cdr_sent(self, err: KafkaError | None, _msg: Message) -> None:
+        """The delivery report of a CDR nobody waits for (in the replies thread)."""
+        if err is not None:
+            self.cdrs_failed += 1
+            _cdr_lost.raise_("%s", self._cdr_error(err))
+
+    def _cdr_error(self, err: KafkaError) -> BrokerError:
         kind = BrokerUnreachableError if err.code() in _UNREACHABLE else BrokerError
-        error = kind(f"CDR not delivered to {self.topics.cdrs} at {self.bootstrap}: {err.str()}")
-        self._loop.call_soon_threadsafe(_settle, delivered, error)
+        return kind(f"CDR not delivered to {self.topics.cdrs} at {self.bootstrap}: {err.str()}")
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
