@@ -13,20 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.client import BlockingClient, InvocationClient
 from pipeline.client import client as client_module
-from pipeline.errors import BrokerUnreachableError, TopicsMissingError
+from pipeline.errors import BrokerUnreachableError, TopicsMissingError, UsageError
 from pipeline.routes.assignment import build_assignment
 from pipeline.routes.table import RoutesTable
-from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
-from pipeline.wire.topics import Topics
 from pipeline.worker.worker import Worker
+from tests.integration.deployed import deploy_and_wait, read_cdrs
 from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
@@ -50,13 +49,7 @@ settings = module_settings("client", partitions=4, reply_partitions=4, sandbox_p
 
 @pytest.fixture(scope="module")
 def deployed(settings: Settings, worker: Worker) -> None:
-    with ScriptRegistry(settings) as registry:
-        for name, source in SCRIPTS.items():
-            registry.deploy(ACCOUNT, name, source, timeout_ms=10_000)
-    deadline = time.monotonic() + WAIT_S
-    while any(worker.registry.lookup(ACCOUNT, name) is None for name in SCRIPTS):
-        assert time.monotonic() < deadline, "the worker never saw the deployed scripts"
-        time.sleep(0.02)
+    deploy_and_wait(settings, worker, ACCOUNT, SCRIPTS)
 
 
 async def _until(condition: Any, what: str) -> None:
@@ -186,23 +179,6 @@ async def test_route_runs_the_routes_script_and_a_missing_reply_is_the_timeout_a
     assert (await client.route(customer, "added", routing, account=ACCOUNT)).routing == routing
 
 
-def _read_cdrs(settings: Settings, number: str) -> list[tuple[int, bytes]]:
-    """(partition, value) of every CDR of ``number`` on the cdrs topic."""
-    topic = Topics(settings).cdrs
-    consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "x", "enable.auto.commit": False})
-    found: list[tuple[int, bytes]] = []
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and msg.error() is None and msg.key() == number.encode():
-                found.append((msg.partition(), msg.value()))
-    finally:
-        consumer.close()
-    return found
-
-
 def _java_partition(settings: Settings, key: bytes) -> int:
     """The partition Kafka's default partitioner (Java clients, ``cdr load``) gives ``key``."""
     chosen: list[int] = []
@@ -223,23 +199,28 @@ async def test_cdrs_from_the_async_and_the_blocking_client_land_where_cdr_load_p
 ) -> None:
     from pipeline.asr.cdr import Cdr
 
-    numbers = [f"1555{uuid.uuid4().int % 10**7:07d}" for _ in range(2)]
+    numbers = [f"1555{uuid.uuid4().int % 10**7:07d}" for _ in range(3)]
     await client.cdr(numbers[0], 486, time_ms=1_796_032_800_000, account=ACCOUNT, cli="15557654321")
 
-    def blocking_cdr() -> None:
+    def blocking_cdrs() -> None:
         with BlockingClient(settings) as blocking:
             blocking.cdr(numbers[1], 200, 61.5, account=ACCOUNT)
+            # not waited for (a SIP proxy at BYE), but checked at once: a bad one is never queued
+            with pytest.raises(UsageError, match="sip_code 486 is not an answer, so it has no duration"):
+                blocking.send_cdr(numbers[2], 486, 3.0, account=ACCOUNT)
+            blocking.send_cdr(numbers[2], 200, 7.0, account=ACCOUNT)
 
-    await asyncio.to_thread(blocking_cdr)
-    first, second = [await asyncio.to_thread(_read_cdrs, settings, n) for n in numbers]
-    assert len(first) == 1 and len(second) == 1
+    await asyncio.to_thread(blocking_cdrs)
+    first, second, third = [await asyncio.to_thread(read_cdrs, settings, n) for n in numbers]
+    assert len(first) == 1 and len(second) == 1 and len(third) == 1
+    assert Cdr.decode(third[0][1]).duration_s == 7.0
     assert Cdr.decode(first[0][1]) == Cdr(
         1_796_032_800_000, numbers[0], 486, False, 0.0, ACCOUNT, "15557654321"
     )
     cdr2 = Cdr.decode(second[0][1])
     assert (cdr2.sip_code, cdr2.answered, cdr2.duration_s) == (200, True, 61.5)
     # the partitions of Topics(settings).outbound and .cdrs are both `partitions`: the probe says where
-    for (partition, _), number in zip((first[0], second[0]), numbers, strict=True):
+    for (partition, _), number in zip((first[0], second[0], third[0]), numbers, strict=True):
         assert partition == await asyncio.to_thread(_java_partition, settings, number.encode())
 
 

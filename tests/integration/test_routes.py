@@ -23,9 +23,9 @@ from pipeline.routes.assignment import NoSuchRouteError, build_assignment, load_
 from pipeline.routes.call import route_call
 from pipeline.routes.decision import RoutingDecision
 from pipeline.routes.table import RoutesTable
-from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.worker.worker import Worker
+from tests.integration.deployed import deploy_and_wait
 from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
@@ -70,13 +70,7 @@ def table(settings: Settings) -> Iterator[RoutesTable]:
 
 @pytest.fixture(scope="module")
 def deployed(settings: Settings, worker: Worker) -> None:
-    with ScriptRegistry(settings) as registry:
-        for name, source in SCRIPTS.items():
-            registry.deploy(ACCOUNT, name, source, timeout_ms=10_000)
-    deadline = time.monotonic() + WAIT_S
-    while any(worker.registry.lookup(ACCOUNT, name) is None for name in SCRIPTS):
-        assert time.monotonic() < deadline, "the worker never saw the deployed scripts"
-        time.sleep(0.02)
+    deploy_and_wait(settings, worker, ACCOUNT, SCRIPTS)
 
 
 def _set(settings: Settings, route: str, **fields: Any) -> None:
