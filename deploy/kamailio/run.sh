@@ -50,20 +50,22 @@ start() {
         >"$log_file" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$pid_file"
-    for _ in $(seq 1 100); do
+    # ready once it listens and each worker has said so (after connecting to ScriptForge: up to the
+    # client's start timeout, 30 s, when the broker is slow)
+    for _ in $(seq 1 400); do
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "kamailio exited at start; the end of $log_file:" >&2
             tail -n 20 "$log_file" >&2
             rm -f "$pid_file"
             return 1
         fi
-        if listening; then
+        if listening && [ "$(grep -c 'scriptforge: worker [0-9]* ready' "$log_file")" -ge "$workers" ]; then
             echo "kamailio runs (pid $pid) on udp:$address:$port, next hop ${SCRIPTFORGE_SIP_NEXT_HOP:-127.0.0.1:5080}, log $log_file"
             return 0
         fi
         sleep 0.1
     done
-    echo "kamailio did not listen on udp:$address:$port within 10 s; see $log_file" >&2
+    echo "kamailio was not ready on udp:$address:$port within 40 s; see $log_file" >&2
     kill "$pid" 2>/dev/null || true
     return 1
 }

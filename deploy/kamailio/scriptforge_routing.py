@@ -13,7 +13,7 @@ Next hop: SCRIPTFORGE_SIP_NEXT_HOP (``127.0.0.1:5080``). SCRIPTFORGE_SIP_BYPASS=
 without asking ScriptForge (the benchmark's baseline).
 
 Kamailio loads this file in its main process and forks its workers afterwards: nothing here connects
-to Kafka at import time; sf_client creates its client in each worker on first use.
+to Kafka at import time; sf_client creates its client in each worker (at its start, or on first use).
 """
 
 from __future__ import annotations
@@ -69,8 +69,16 @@ class Handler:
 
     def child_init(self, rank: int) -> int:
         # rank > 0: a SIP worker (the main process is 0, the timer and others are negative)
-        if WARM_UP and not BYPASS and rank > 0:
-            sf_client.warm_up()
+        if rank <= 0:
+            return 0
+        if WARM_UP and not BYPASS:
+            problem = sf_client.warm_up()
+            if problem:
+                # the worker starts anyway: its calls are answered 500 until the client starts
+                KSR.warn(f"scriptforge: not connected at start ({problem}); the next call tries again\n")
+        # run.sh start counts these lines: Kamailio listens before its workers are ready, and a call
+        # that comes meanwhile waits in the socket's buffer for as long as the warm-up takes
+        KSR.info(f"scriptforge: worker {rank} ready\n")
         return 0
 
     # ---- requests --------------------------------------------------------------------------------
@@ -121,6 +129,12 @@ class Handler:
                 self._customer(), self._route(), self._routing(dest, cli), account=ACCOUNT
             )
             KSR.info(f"scriptforge: {dest} from {cli}: {decision}\n")
+            if KSR.tm.t_is_canceled() > 0:
+                # the caller sent CANCEL while this worker waited: tm has answered it 487 already,
+                # and the call must not be relayed (nor answered again): the transaction is released
+                # to its wait timer, which absorbs the caller's ACK
+                KSR.tm.t_release()
+                return 1
             if decision.get("action") != "continue":
                 KSR.tm.t_reply(int(decision.get("code") or 500), str(decision.get("message") or "Rejected"))
                 return 1

@@ -58,7 +58,7 @@ from pipeline.routes.assignment import build_assignment
 from pipeline.routes.table import RoutesTable
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.wire.topics import delete_topics
+from pipeline.wire.topics import Topics, delete_topics
 
 REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_DIR = REPO / "deploy" / "kamailio"
@@ -186,6 +186,8 @@ def _start(stack: contextlib.ExitStack, settings: Settings, root: Path, sipp: st
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = _spawn([sys.executable, "-m", "pipeline", "worker"], root / "worker.log", _base_env(settings))
     stack.callback(_stop, worker)
+    # Kamailio's workers connect at their start, and a client creates no topics: the worker does
+    _wait_for_topics(settings, root)
     next_hop = _free_udp_port()
     uas_cmd = [sipp, "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(next_hop), "-nostdin"]
     stack.callback(_stop, _spawn(uas_cmd, root / "uas.log", dict(os.environ), cwd=root))
@@ -206,6 +208,19 @@ def _start(stack: contextlib.ExitStack, settings: Settings, root: Path, sipp: st
         _run_sh("start", env)
         topology.ports[name], topology.env[name] = port, env
     return topology
+
+
+def _wait_for_topics(settings: Settings, root: Path) -> None:
+    """Until the worker has created the topics a client needs (or READY_TIMEOUT_S: said with its log)."""
+    topics = Topics(settings)
+    wanted = {topics.invocations, topics.replies}
+    admin = AdminClient({"bootstrap.servers": settings.broker})
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not wanted <= set(admin.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            log = (root / "worker.log").read_text(errors="replace")[-3000:]
+            raise ScriptForgeError(f"the worker made no {sorted(wanted)} in {READY_TIMEOUT_S:.0f} s:\n{log}")
+        time.sleep(0.2)
 
 
 def _provision(settings: Settings, root: Path) -> None:

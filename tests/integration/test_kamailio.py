@@ -24,10 +24,10 @@ import pytest
 
 from pipeline.routes.assignment import build_assignment
 from pipeline.routes.table import RoutesTable
-from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.worker.worker import Worker
 from tests.ci import unavailable
+from tests.integration.deployed import deploy_and_wait, read_cdrs
 from tests.integration.prefix import module_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -55,6 +55,8 @@ SCRIPTS = {
 DNC_CUSTOMER = "15557654321"
 SLOW_CUSTOMER = "4420000001"
 PLAIN_CUSTOMER = "4420000002"
+#: a slow script whose timeout action continues the call: relayed after 1.5 s unless cancelled first
+CANCEL_CUSTOMER = "4420000003"
 SLOW_TIMEOUT_MS = 300
 
 
@@ -80,10 +82,8 @@ settings = module_settings("kamailio")
 
 @pytest.fixture(scope="module")
 def routes(settings: Settings, worker: Worker) -> None:
-    """The scripts deployed (and seen by the worker) and the three customers' routes set."""
-    with ScriptRegistry(settings) as registry:
-        for name, source in SCRIPTS.items():
-            registry.deploy(ACCOUNT, name, source, timeout_ms=10_000)
+    """The scripts deployed (and seen by the worker) and each customer's route set."""
+    deploy_and_wait(settings, worker, ACCOUNT, SCRIPTS)
     with RoutesTable(settings) as table:
         # generous timeouts unless the route is about timeouts: a safety net for a slow machine
         table.publish(
@@ -100,10 +100,11 @@ def routes(settings: Settings, worker: Worker) -> None:
             build_assignment(ACCOUNT, SLOW_CUSTOMER, "default", script="slow", timeout_ms=SLOW_TIMEOUT_MS)
         )
         table.publish(build_assignment(ACCOUNT, PLAIN_CUSTOMER, "default", script=None))
-    deadline = time.monotonic() + WAIT_S
-    while any(worker.registry.lookup(ACCOUNT, name) is None for name in SCRIPTS):
-        assert time.monotonic() < deadline, "the worker never saw the deployed scripts"
-        time.sleep(0.02)
+        table.publish(
+            build_assignment(
+                ACCOUNT, CANCEL_CUSTOMER, "default", script="slow", timeout_ms=1500, timeout_action="200 OK"
+            )
+        )
 
 
 @dataclass
@@ -271,6 +272,23 @@ async def test_another_number_is_answered_and_the_next_hop_sees_the_rewritten_cl
     assert f"<sip:+44{DNC_CUSTOMER}@" in seen  # the script's CLI, not the caller's own
 
 
+async def test_an_answered_call_is_reported_as_a_cdr_when_it_ends(
+    settings: Settings, sip: Sip, tmp_path: Path
+) -> None:
+    from pipeline.asr.cdr import Cdr
+
+    dialled = f"1555{uuid.uuid4().int % 10**7:07d}"  # a number of its own: its CDRs are this call's
+    call = await _call(sip, tmp_path, DNC_CUSTOMER, dialled, SIPP_DIR / "uac.xml")
+    assert call.returncode == 0
+    found = await asyncio.to_thread(read_cdrs, settings, dialled, wait_s=WAIT_S)
+    assert len(found) == 1
+    cdr = Cdr.decode(found[0][1])
+    # reported at the BYE, with the number and CLI the next hop got (the script's CLI)
+    assert (cdr.dest_number, cdr.sip_code, cdr.answered) == (dialled, 200, True)
+    assert (cdr.account, cdr.cli) == (ACCOUNT, f"+44{DNC_CUSTOMER}")
+    assert cdr.duration_s >= 0
+
+
 async def test_a_script_past_the_routes_timeout_gives_the_caller_the_timeout_action(
     sip: Sip, tmp_path: Path
 ) -> None:
@@ -287,3 +305,33 @@ async def test_a_route_without_a_script_passes_the_call_through(sip: Sip, tmp_pa
     assert "SIP/2.0 200 OK" in call.received
     seen = await _uas_saw(sip, call.call_id)
     assert f"<sip:{PLAIN_CUSTOMER}@" in seen
+
+
+async def test_a_caller_who_cancels_while_scriptforge_decides_gets_487_and_the_call_is_not_relayed(
+    sip: Sip, tmp_path: Path
+) -> None:
+    cancelled = await _call(sip, tmp_path, CANCEL_CUSTOMER, OPEN, SIPP_DIR / "uac_cancel.xml")
+    assert cancelled.returncode == 0
+    assert any(line.startswith("SIP/2.0 487 ") for line in cancelled.received)
+    # the worker relays (or not) right after it logs the decision (at the route's timeout, 1.5 s);
+    # the next hop logs INVITEs in the order they come: once a call made after that decision is
+    # there, the cancelled one would have been too
+    await _decided(sip, cancelled.call_id)
+    later = await _call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    await _uas_saw(sip, later.call_id)
+    assert cancelled.call_id not in sip.uas_log.read_text(errors="replace")
+    # nor answered again (a relay refused on a cancelled transaction used to send a stateless 500)
+    log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace").splitlines()
+    assert not [line for line in log if cancelled.call_id in line and ("ERROR" in line or "WARNING" in line)]
+
+
+async def _decided(sip: Sip, call_id: str) -> str:
+    """Kamailio's log line of the decision on ``call_id`` (its log prefix names the call)."""
+    log = sip.run_dir / "kamailio" / "kamailio.log"
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        for line in log.read_text(errors="replace").splitlines():
+            if call_id in line and "scriptforge: " in line:
+                return line
+        assert time.monotonic() < deadline, f"Kamailio never logged a decision on {call_id}"
+        await asyncio.sleep(0.05)
