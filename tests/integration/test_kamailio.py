@@ -50,6 +50,8 @@ SCRIPTS = {
     }""",
     # busy far past its route's 300 ms timeout, well within its own 10 s limit
     "slow": "function main(data) { var n = 0; while (n < 2e9) { n++; } return data; }",
+    # about 0.2 s of work: long enough that calls made together overlap in Kamailio's workers
+    "steady": "function main(data) { var n = 0; while (n < 2e7) { n++; } return data; }",
 }
 #: customer (the caller's From user) -> its route `default`
 DNC_CUSTOMER = "15557654321"
@@ -57,6 +59,10 @@ SLOW_CUSTOMER = "4420000001"
 PLAIN_CUSTOMER = "4420000002"
 #: a slow script whose timeout action continues the call: relayed after 1.5 s unless cancelled first
 CANCEL_CUSTOMER = "4420000003"
+#: a script of about 0.2 s, for more calls at once than Kamailio has workers
+STEADY_CUSTOMER = "4420000004"
+#: Kamailio's worker processes in these tests (each blocks while ScriptForge decides)
+SIP_WORKERS = 2
 SLOW_TIMEOUT_MS = 300
 
 
@@ -105,6 +111,9 @@ def routes(settings: Settings, worker: Worker) -> None:
                 ACCOUNT, CANCEL_CUSTOMER, "default", script="slow", timeout_ms=1500, timeout_action="200 OK"
             )
         )
+        table.publish(
+            build_assignment(ACCOUNT, STEADY_CUSTOMER, "default", script="steady", timeout_ms=30_000)
+        )
 
 
 @dataclass
@@ -138,7 +147,7 @@ def sip(settings: Settings, routes: None, tmp_path_factory: pytest.TempPathFacto
         "SCRIPTFORGE_SIP_PORT": str(port),
         "SCRIPTFORGE_SIP_NEXT_HOP": f"127.0.0.1:{next_hop}",
         "SCRIPTFORGE_SIP_ACCOUNT": ACCOUNT,
-        "SCRIPTFORGE_SIP_WORKERS": "2",
+        "SCRIPTFORGE_SIP_WORKERS": str(SIP_WORKERS),
         "SCRIPTFORGE_SIP_RUN_DIR": str(run_dir / "kamailio"),
     }
     run_sh = ["bash", str(KAMAILIO_DIR / "run.sh")]
@@ -196,9 +205,9 @@ def _read_trace(path: Path) -> tuple[list[str], float | None]:
     return received, took
 
 
-async def _call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Path) -> Call:
-    """One sipp call from ``cli`` to ``dest`` through Kamailio, run off the event loop (the worker
-    serving these calls runs on it)."""
+async def _call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Path, calls: int = 1) -> Call:
+    """sipp calls from ``cli`` to ``dest`` through Kamailio, run off the event loop (the worker serving
+    these calls runs on it): one, or ``calls`` placed together (the trace is then the first call's)."""
     trace = tmp_path / f"uac-{uuid.uuid4().hex[:8]}.msg"
     command = [
         "sipp",
@@ -211,7 +220,14 @@ async def _call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Path) -
         "cli",
         cli,
         "-m",
-        "1",
+        str(calls),
+        # all at once: `calls` within 100 ms, all of them in progress together
+        "-r",
+        str(calls),
+        "-rp",
+        "100",
+        "-l",
+        str(calls),
         "-i",
         "127.0.0.1",
         "-p",
@@ -335,3 +351,16 @@ async def _decided(sip: Sip, call_id: str) -> str:
                 return line
         assert time.monotonic() < deadline, f"Kamailio never logged a decision on {call_id}"
         await asyncio.sleep(0.05)
+
+
+async def test_more_calls_at_once_than_kamailio_has_workers_are_all_answered(
+    sip: Sip, tmp_path: Path
+) -> None:
+    calls = SIP_WORKERS * 3
+    # each worker holds a call for its ScriptForge decision (~0.2 s): the others wait their turn in
+    # the socket's buffer, and the caller's INVITE retransmissions meet the transaction, not a new call
+    done = await _call(sip, tmp_path, STEADY_CUSTOMER, OPEN, SIPP_DIR / "uac.xml", calls=calls)
+    assert done.returncode == 0  # sipp: every call answered 200, none failed or timed out
+    log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace")
+    decided = [line for line in log.splitlines() if f"from {STEADY_CUSTOMER}: {{'action': 'continue'" in line]
+    assert len(decided) == calls  # one ScriptForge call per call, retransmissions included
