@@ -19,12 +19,13 @@ to Kafka at import time; sf_client creates its client in each worker (at its sta
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3 inside Kamailio only
 import sf_client
+
+from pipeline.routes.sip import RoutingRefusedError, reason_phrase, sip_edits
 
 CUSTOMER_HEADER = os.environ.get("SCRIPTFORGE_SIP_CUSTOMER_HEADER", "")
 ROUTE = os.environ.get("SCRIPTFORGE_SIP_ROUTE", "default")
@@ -35,28 +36,6 @@ NEXT_HOP = os.environ.get("SCRIPTFORGE_SIP_NEXT_HOP", "127.0.0.1:5080")
 BYPASS = os.environ.get("SCRIPTFORGE_SIP_BYPASS", "") in ("1", "true", "yes")
 #: connect each worker to Kafka when it starts, so no caller pays for it (off: on the first call)
 WARM_UP = os.environ.get("SCRIPTFORGE_SIP_WARM_UP", "1") in ("1", "true", "yes")
-
-# a script is customer code: what it returns goes into SIP only if it cannot break the message
-_USER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
-_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]{0,512}")
-#: headers a script may not set or remove: they hold the call and dialog together
-_PROTECTED = frozenset(
-    h.lower()
-    for h in (
-        "Via",
-        "From",
-        "To",
-        "Call-ID",
-        "CSeq",
-        "Contact",
-        "Route",
-        "Record-Route",
-        "Max-Forwards",
-        "Content-Length",
-        "Content-Type",
-    )
-)
 
 
 def _pv(name: str) -> str:
@@ -136,7 +115,7 @@ class Handler:
                 KSR.tm.t_release()
                 return 1
             if decision.get("action") != "continue":
-                KSR.tm.t_reply(int(decision.get("code") or 500), str(decision.get("message") or "Rejected"))
+                KSR.tm.t_reply(int(decision.get("code") or 500), reason_phrase(decision.get("message")))
                 return 1
             problem = self._apply(decision.get("routing"), dest, cli)
             if problem:
@@ -168,24 +147,20 @@ class Handler:
     _new_cli = ""
 
     def _apply(self, routing: Any, dest: str, cli: str) -> str:
-        """Apply what the script changed; '' when done, else why nothing was applied."""
+        """Apply what the script changed; '' when done, else why nothing was applied (the checks are
+        pipeline/routes/sip.py: all of the routing is checked before any of it is applied)."""
         self._new_cli = ""
-        if not isinstance(routing, dict):
-            return "no routing object"
-        new_dest, new_cli = str(routing.get("dest_number", dest)), str(routing.get("cli", cli))
-        for label, value in (("dest_number", new_dest), ("cli", new_cli)):
-            if not _USER.fullmatch(value):
-                return f"{label} {value[:80]!r} is not a SIP user part"
-        edits = _header_edits(routing.get("headers"), self._routing(dest, cli)["headers"])
-        if isinstance(edits, str):
-            return edits
-        if new_dest != dest:
-            KSR.pv.sets("$rU", new_dest)
-        if new_cli != cli:
+        try:
+            edits = sip_edits(routing, dest, cli, self._routing(dest, cli)["headers"])
+        except RoutingRefusedError as exc:
+            return str(exc)
+        if edits.dest_number is not None:
+            KSR.pv.sets("$rU", edits.dest_number)
+        if edits.cli is not None:
             # uac rewrites From and (restore_mode auto) restores it towards the caller
-            KSR.uac.uac_replace_from("", f"sip:{new_cli}@{_pv('$fd')}")
-            self._new_cli = new_cli
-        for name, value in edits:
+            KSR.uac.uac_replace_from("", f"sip:{edits.cli}@{_pv('$fd')}")
+            self._new_cli = edits.cli
+        for name, value in edits.headers:
             KSR.hdr.remove(name)
             if value is not None:
                 KSR.hdr.append(f"{name}: {value}\r\n")
@@ -229,33 +204,6 @@ class Handler:
         problem = sf_client.cdr(dest, 200, duration_s=duration, account=ACCOUNT, cli=_pv("$dlg_var(sf_cli)"))
         if problem:
             KSR.warn(f"scriptforge: CDR not reported: {problem}\n")
-
-
-def _header_edits(returned: Any, given: dict[str, str]) -> list[tuple[str, str | None]] | str:
-    """(name, value) to set, (name, None) to remove; or why the script's headers are refused.
-
-    A script returns the headers as an object (``{"X-A": "1"}``: set what changed, drop what it
-    removed from those it was given) or as a list of ``{"key", "value"}`` (each one added), as
-    examples/dnc_block.js does."""
-    if returned is None:
-        return []
-    wanted: list[tuple[str, str | None]] = []
-    if isinstance(returned, dict):
-        wanted = [(str(k), None if v is None else str(v)) for k, v in returned.items() if given.get(k) != v]
-        wanted += [(k, None) for k in given if k not in returned]
-    elif isinstance(returned, list):
-        for item in returned:
-            if not isinstance(item, dict) or "key" not in item:
-                return "headers list items must be {key, value}"
-            wanted.append((str(item["key"]), str(item.get("value", ""))))
-    else:
-        return "headers must be an object or a list"
-    for name, value in wanted:
-        if not _HEADER_NAME.fullmatch(name) or name.lower() in _PROTECTED:
-            return f"header {name[:80]!r} may not be set"
-        if value is not None and not _HEADER_VALUE.fullmatch(value):
-            return f"header {name} has a value that is not one SIP header line"
-    return wanted
 
 
 def mod_init() -> Handler:

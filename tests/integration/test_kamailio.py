@@ -38,16 +38,25 @@ SIPP_DIR = KAMAILIO_DIR / "sipp"
 ACCOUNT = "acme"
 BLOCKED = "15551234567"
 OPEN = "15550000000"
+#: a number ported away: the script routes it to PORTED_TO
+PORTED, PORTED_TO = "15550000001", "15559990001"
 #: a safety net against a hang, never an assertion on how long anything takes
 WAIT_S = 60.0
 
 SCRIPTS = {
-    # the DNC check of docs/routes.md: blocked numbers and the CLI prefix are the route's variables
+    # the DNC check of docs/routes.md, a CLI prefix, a header and number portability: the blocked
+    # numbers, the prefix and the ported numbers are the route's variables
     "dnc": """function main(data) {
         if (data.blocked.indexOf(data.routing.dest_number) >= 0) throw [603, 'Denied (DNC)'];
         data.routing.cli = data.cli_prefix + data.routing.cli;
+        data.routing.headers = {'X-Screened': 'yes'};
+        var ported = data.ported[data.routing.dest_number];
+        if (ported) data.routing.dest_number = ported;
         return data;
     }""",
+    # hostile routing: a header that holds the call together, and a rejection that tries to add one
+    "hostile": "function main(data) { data.routing.headers = {'Via': 'SIP/2.0/UDP 6.6.6.6'}; return data; }",
+    "splitting": "function main(data) { throw [486, 'Busy\\r\\nX-Evil: 1']; }",
     # busy far past its route's 300 ms timeout, well within its own 10 s limit
     "slow": "function main(data) { var n = 0; while (n < 2e9) { n++; } return data; }",
     # about 0.2 s of work: long enough that calls made together overlap in Kamailio's workers
@@ -61,6 +70,8 @@ PLAIN_CUSTOMER = "4420000002"
 CANCEL_CUSTOMER = "4420000003"
 #: a script of about 0.2 s, for more calls at once than Kamailio has workers
 STEADY_CUSTOMER = "4420000004"
+HOSTILE_CUSTOMER = "4420000005"
+SPLITTING_CUSTOMER = "4420000006"
 #: Kamailio's worker processes in these tests (each blocks while ScriptForge decides)
 SIP_WORKERS = 2
 SLOW_TIMEOUT_MS = 300
@@ -99,7 +110,7 @@ def routes(settings: Settings, worker: Worker) -> None:
                 "default",
                 script="dnc",
                 timeout_ms=30_000,
-                vars={"blocked": [BLOCKED], "cli_prefix": "+44"},
+                vars={"blocked": [BLOCKED], "cli_prefix": "+44", "ported": {PORTED: PORTED_TO}},
             )
         )
         table.publish(
@@ -111,6 +122,8 @@ def routes(settings: Settings, worker: Worker) -> None:
                 ACCOUNT, CANCEL_CUSTOMER, "default", script="slow", timeout_ms=1500, timeout_action="200 OK"
             )
         )
+        for customer, script in ((HOSTILE_CUSTOMER, "hostile"), (SPLITTING_CUSTOMER, "splitting")):
+            table.publish(build_assignment(ACCOUNT, customer, "default", script=script, timeout_ms=30_000))
         table.publish(
             build_assignment(ACCOUNT, STEADY_CUSTOMER, "default", script="steady", timeout_ms=30_000)
         )
@@ -286,6 +299,40 @@ async def test_another_number_is_answered_and_the_next_hop_sees_the_rewritten_cl
     seen = await _uas_saw(sip, call.call_id)
     assert f"ruri=sip:{OPEN}@" in seen
     assert f"<sip:+44{DNC_CUSTOMER}@" in seen  # the script's CLI, not the caller's own
+    assert "x-screened= yes" in seen  # the script's header
+
+
+async def test_a_ported_number_reaches_the_next_hop_as_the_number_the_script_gave(
+    sip: Sip, tmp_path: Path
+) -> None:
+    call = await _call(sip, tmp_path, DNC_CUSTOMER, PORTED, SIPP_DIR / "uac.xml")
+    assert call.returncode == 0
+    seen = await _uas_saw(sip, call.call_id)
+    assert f"ruri=sip:{PORTED_TO}@" in seen
+
+
+async def test_routing_that_would_break_the_sip_message_is_refused_and_the_call_not_relayed(
+    sip: Sip, tmp_path: Path
+) -> None:
+    call = await _call(sip, tmp_path, HOSTILE_CUSTOMER, OPEN, _reject_scenario(tmp_path, 500))
+    assert call.returncode == 0
+    assert "SIP/2.0 500 ScriptForge Error (routing)" in call.received
+    await _decided(sip, call.call_id)
+    later = await _call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    await _uas_saw(sip, later.call_id)
+    assert call.call_id not in sip.uas_log.read_text(errors="replace")
+    log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace")
+    assert "routing not applied (header 'Via' may not be set)" in log
+
+
+async def test_a_rejection_message_cannot_add_a_header_to_the_callers_response(
+    sip: Sip, tmp_path: Path
+) -> None:
+    call = await _call(sip, tmp_path, SPLITTING_CUSTOMER, OPEN, _reject_scenario(tmp_path, 486))
+    assert call.returncode == 0
+    assert "SIP/2.0 486 Busy  X-Evil: 1" in call.received  # one status line, CR LF made spaces
+    trace = next(tmp_path.glob("uac-*.msg")).read_text(errors="replace")
+    assert not [line for line in trace.splitlines() if line.lower().startswith("x-evil")]
 
 
 async def test_an_answered_call_is_reported_as_a_cdr_when_it_ends(
