@@ -23,6 +23,8 @@ from pipeline.routes.assignment import (
     vars_json,
 )
 from pipeline.routes.decision import Action, RoutingDecision, decide
+from pipeline.routes.table import RoutesTable
+from pipeline.settings import Settings
 from pipeline.wire.codec import SchemaCatalogue, codec, where
 from pipeline.wire.records import RouteAssignment, RouteOnError
 from sandbox.types import Outcome, Reason
@@ -329,3 +331,16 @@ def test_a_decision_is_one_json_line() -> None:
     text = json.dumps(RoutingDecision(Action.CONTINUE, routing=ROUTING, elapsed_ms=1.23456).to_json())
     assert "\n" not in text and json.loads(text)["elapsed_ms"] == 1.235
     assert isinstance(parse_timeout_action("200 OK"), TimeoutAction)
+
+
+@pytest.mark.parametrize(
+    ("customer", "route"),
+    [("carrier-7", "uk-mobile"), ("carrier-7/uk-mobile", ""), ("", "uk-mobile"), ("a/b", "c")],
+)
+def test_a_lookup_with_names_no_route_can_have_finds_nothing(customer: str, route: str) -> None:
+    # names from a call (a SIP From user): a '/' or an empty part is no route, whatever is stored
+    table = RoutesTable(Settings(broker="127.0.0.1:1"))  # never started: nothing is read
+    stored = _route()
+    table._kept(stored.key, stored)
+    found = table.lookup("acme", customer, route)
+    assert found == (stored if (customer, route) == ("carrier-7", "uk-mobile") else None)

@@ -39,7 +39,13 @@ class RoutesTable(CompactedView[RouteAssignment]):
 
     # ---- read side -------------------------------------------------------------------------------
     def lookup(self, account: str, customer: str, route: str) -> RouteAssignment | None:
-        """The route as last written, None when it was never set or was deleted."""
+        """The route as last written, None when it was never set or was deleted.
+
+        The names may come from a call (a SIP From user, a header): a part that no route can have
+        (empty, or with the key's '/') is no route, said here rather than left to the fact that no
+        stored key has more than two '/'."""
+        if not (account and customer and route) or "/" in account + customer + route:
+            return None
         return self._routes.get(route_key(account, customer, route))
 
     def get(self, account: str, customer: str, route: str) -> RouteAssignment:
