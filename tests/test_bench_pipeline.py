@@ -86,8 +86,13 @@ RATIOS = {
 def test_bench_pipeline_prints_one_json_line(kafka_bootstrap: str) -> None:
     argv = ["pipeline", "--rate", "100", "--seconds", "2", "--ramp", "200", "--ramp-seconds", "1"]
     argv += ["--grace", "5", "--scripts", "2", "--drain", "300"]
+    argv += ["--client-rate", "100", "--client-seconds", "1", "--client-rounds", "1"]
     report, stderr = run_bench(argv, kafka_bootstrap, timeout=300.0)
     assert set(report) >= FIELDS, sorted(FIELDS - set(report))
+    # the client's own round trip beside the raw one (bench client's measurement, run last)
+    client = report["client"]
+    assert client["lost"] == 0 and set(client["series"]) == {"raw", "client"}
+    assert "p50_ratio" in client["client_added"] and "client added" in stderr
     assert report["rate"] == 100 and report["lost"] == 0
     assert report["sent"] == report["replies"] > 0
     assert report["guarantees"] == BOTH and list(report["sf"]) == BOTH
@@ -120,8 +125,10 @@ def test_guarantees_option() -> None:
 def test_bench_pipeline_recording_on_and_off(kafka_bootstrap: str) -> None:
     argv = ["pipeline", "--recording", "--rate", "100", "--seconds", "2", "--ramp", "200"]
     argv += ["--ramp-seconds", "1", "--grace", "5", "--scripts", "2", "--drain", "300", "--rounds", "2"]
+    argv += ["--client-rounds", "0"]
     report, stderr = run_bench(argv, kafka_bootstrap, timeout=300.0)
     assert report["lost"] == 0 and report["sent"] == report["replies"] > 0
+    assert report["client"] is None
     assert list(report["sf"]) == ON_OFF and report["guarantees"] == ["exactly_once"]
     assert report["exactly_once_to_at_least_once"] is None
     assert report["settings"]["script"] == "HOST_CALL_SCRIPT"

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 from pipeline.asr.cdr import Cdr
 from pipeline.asr.job import start_asr_job
 from pipeline.bench.figures import percentile
+from pipeline.bench.harness import delete_prefix
 from pipeline.errors import BrokerError
 from pipeline.kafka.connection import client_config
 from pipeline.settings import Settings
 from pipeline.state.global_table import GlobalTable
-from pipeline.wire.topics import Topics, delete_topics
+from pipeline.wire.topics import Topics
 from sandbox.asr import is_answered
 
 #: numbers the throughput CDRs spread over
@@ -74,17 +74,8 @@ def bench(broker: str, cdrs: int = 20_000, probes: int = 200) -> dict[str, Any]:
         job.stop()
         if table is not None:
             table.close()
-        _clean(settings)
+        delete_prefix(settings.broker, settings.topic_prefix, [f"{settings.topic_prefix}-asr"])
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _clean(settings: Settings) -> None:
-    """The prefix's topics and the job's consumer group, gone."""
-    admin = AdminClient({"bootstrap.servers": settings.broker})
-    prefix = settings.topic_prefix
-    delete_topics(admin, [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)])
-    for future in admin.delete_consumer_groups([f"{prefix}-asr"], request_timeout=10).values():
-        future.exception()  # never made, or gone already: nothing to clean either way
 
 
 def _throughput(settings: Settings, producer: Producer, table: GlobalTable, n: int) -> dict[str, Any]:

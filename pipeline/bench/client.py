@@ -44,13 +44,8 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPar
 from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.figures import percentile
-from pipeline.bench.pipeline import (
-    ECHO_PRODUCER,
-    ROUTING_VARS,
-    _delete_prefix,
-    _ensure_topics,
-    _stop,
-)
+from pipeline.bench.harness import delete_prefix, ensure_prefix_topics, stop_process
+from pipeline.bench.pipeline import ECHO_PRODUCER, ROUTING_VARS
 from pipeline.broker.local import probe_kafka, split_host_port
 from pipeline.client.client import (
     HEADER_CALL_ID,
@@ -276,7 +271,7 @@ async def echo_process(settings: Settings) -> AsyncIterator[subprocess.Popen[byt
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
         with contextlib.suppress(Exception):  # the echo's group holds nothing worth keeping
             admin = AdminClient({"bootstrap.servers": settings.broker})
             for future in admin.delete_consumer_groups([group], request_timeout=10).values():
@@ -324,11 +319,11 @@ async def bench(base: Settings, opts: Options) -> dict[str, Any]:
     prefix = f"benchclient{uuid.uuid4().hex[:8]}"
     settings = dataclasses.replace(base, topic_prefix=prefix)
     try:
-        await _ensure_topics(settings)  # as a worker would: a client creates none
+        await ensure_prefix_topics(settings)  # as a worker would: a client creates none
         rounds, counters = await _measure(settings, opts)
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(_delete_prefix, settings, prefix)
+            await asyncio.to_thread(delete_prefix, settings.broker, prefix)
     return build_report(rounds, counters, opts, settings)
 
 

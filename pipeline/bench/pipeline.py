@@ -53,6 +53,11 @@ the first to the last (start-up excluded) while the load generator only reads re
 ramp measures what the whole machine sustains with the load generator sharing its cores; the drain
 measures what one worker does when it has the cores it can get.
 
+Last, alone, the client library's own round trip beside a raw Kafka one through the same echo
+(``scriptforge bench client``'s measurement, pipeline/bench/client.py, under ``client``; ``--client-rate``,
+``--client-seconds``, ``--client-rounds``, 0 rounds to skip): above, the client is the load generator
+of both the echo and ScriptForge, so those ratios are the worker's cost; this is what the client adds.
+
 Each phase also reports CPU ms per request by component (load generator, broker, worker, sandboxes,
 the whole machine) from /proc (``pipeline.bench.cpu``).
 
@@ -92,10 +97,10 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
 from pipeline.bench.figures import percentile
+from pipeline.bench.harness import delete_prefix, ensure_prefix_topics, stop_process
 from pipeline.broker.local import probe_kafka, split_host_port
 from pipeline.client.client import (
     HEADER_CALL_ID,
@@ -108,7 +113,6 @@ from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
-from pipeline.wire.topics import delete_topics, ensure_topics
 from sandbox.bench import ROUTING_SCRIPT
 
 _REQUESTS = codec(InvocationRequest)
@@ -653,7 +657,7 @@ def merge(parts: Sequence[Phase]) -> Phase:
 @contextlib.asynccontextmanager
 async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> AsyncIterator[Contender]:
     settings = dataclasses.replace(base, topic_prefix=f"{prefix}-echo")
-    await _ensure_topics(settings)  # as a worker would: a client creates none
+    await ensure_prefix_topics(settings)  # as a worker would: a client creates none
     async with BenchClient(settings, keep_values=False) as client:
         log = (workdir / "echo.log").open("wb")
         cmd = [
@@ -675,7 +679,7 @@ async def _echo(base: Settings, prefix: str, opts: Options, workdir: Path) -> As
             yield Contender(target, driver, proc, check_errors=False)
             target.extra["client_duplicates"] = client.duplicates
         finally:
-            _stop(proc)
+            stop_process(proc)
             log.close()
 
 
@@ -740,7 +744,7 @@ async def _scriptforge(
 
     def stop() -> None:
         assert contender is not None
-        _stop(contender.proc, timeout=30.0 if opts.profile_worker else 15.0)
+        stop_process(contender.proc, timeout=30.0 if opts.profile_worker else 15.0)
 
     def start() -> subprocess.Popen[bytes]:
         assert contender is not None
@@ -748,7 +752,7 @@ async def _scriptforge(
         return contender.proc
 
     try:
-        await _ensure_topics(settings)  # the worker starting beside may not have made them yet
+        await ensure_prefix_topics(settings)  # the worker starting beside may not have made them yet
         async with BenchClient(settings, keep_values=True) as client:
             worker = functools.partial(process_cpu_s, proc.pid)
             sandboxes = functools.partial(descendants_cpu_s, proc.pid)
@@ -768,7 +772,7 @@ async def _scriptforge(
             yield contender
             target.extra["client_duplicates"] = client.duplicates
     finally:
-        _stop(contender.proc if contender else proc, timeout=30.0 if opts.profile_worker else 15.0)
+        stop_process(contender.proc if contender else proc, timeout=30.0 if opts.profile_worker else 15.0)
         log.close()
 
 
@@ -835,28 +839,6 @@ def _common_cpu() -> dict[str, Callable[[], float]]:
     brokers = pids_with(b"kafka.Kafka")
     broker = summed(functools.partial(process_cpu_s, p) for p in brokers)
     return {"load_generator": time.process_time, "broker": broker}
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-async def _ensure_topics(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.broker})
-    await asyncio.to_thread(ensure_topics, settings, admin)
-
-
-def _delete_prefix(settings: Settings, prefix: str) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.broker})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    delete_topics(admin, names)
-    return len(names)
 
 
 # ---- what the workers recorded ------------------------------------------------------------------
@@ -1210,6 +1192,10 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(
                 f"ScriptForge {g} round trip by part, p50/p99 ms (worker clock, 1 ms steps): {parts}"
             )
+    if r.get("client"):
+        from pipeline.bench import client as client_bench  # it imports this module
+
+        lines.append(client_bench.format_report(r["client"]))
     # last, where a run whose recording did not happen (its comparison void) cannot be missed
     lines.extend(recordings_line(g, s) for g, s in sf.items() if s["recordings"])
     return "\n".join(lines)
@@ -1264,7 +1250,7 @@ async def _bench(opts: Options, settings: Settings) -> dict[str, Any]:
                 await asyncio.to_thread(_echo_last, echo, opts)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(_delete_prefix, settings, prefix)
+                await asyncio.to_thread(delete_prefix, settings.broker, prefix)
     return build_report(echo.target, sfs, opts, settings, prefix)
 
 
@@ -1285,9 +1271,23 @@ def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:
     gc.disable()
     try:
         report = asyncio.run(_bench(opts, settings))
+        report["client"] = _client_series(args, settings)
     finally:
         gc.enable()
         gc.unfreeze()
     print(format_report(report), file=sys.stderr)
     print(json.dumps(report), flush=True)
-    return 1 if report["lost"] or recording_failed(report) else 0
+    client_lost = report["client"]["lost"] if report["client"] else 0
+    return 1 if report["lost"] or client_lost or recording_failed(report) else 0
+
+
+def _client_series(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """The client library's round trip beside a raw Kafka one, through the same bare echo: ``scriptforge
+    bench client``'s report (pipeline/bench/client.py), run last, alone (None: ``--client-rounds 0``).
+    Here the client is the load generator for both the echo and ScriptForge, so the ratios above are
+    the worker's cost; this says what the client itself adds."""
+    if args.client_rounds <= 0:
+        return None
+    from pipeline.bench import client as client_bench  # it imports this module
+
+    return asyncio.run(client_bench.bench(settings, client_bench.options(args)))

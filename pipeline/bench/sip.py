@@ -37,7 +37,6 @@ import datetime
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,13 +51,14 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.figures import percentile
+from pipeline.bench.harness import delete_prefix, stop_process
 from pipeline.cli.userspace import load_list
 from pipeline.errors import ScriptForgeError
 from pipeline.routes.assignment import build_assignment
 from pipeline.routes.table import RoutesTable
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
-from pipeline.wire.topics import Topics, delete_topics
+from pipeline.wire.topics import Topics
 
 REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_DIR = REPO / "deploy" / "kamailio"
@@ -185,12 +185,12 @@ def _start(stack: contextlib.ExitStack, settings: Settings, root: Path, sipp: st
     _provision(settings, root)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = _spawn([sys.executable, "-m", "pipeline", "worker"], root / "worker.log", _base_env(settings))
-    stack.callback(_stop, worker)
+    stack.callback(stop_process, worker)
     # Kamailio's workers connect at their start, and a client creates no topics: the worker does
     _wait_for_topics(settings, root)
     next_hop = _free_udp_port()
     uas_cmd = [sipp, "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(next_hop), "-nostdin"]
-    stack.callback(_stop, _spawn(uas_cmd, root / "uas.log", dict(os.environ), cwd=root))
+    stack.callback(stop_process, _spawn(uas_cmd, root / "uas.log", dict(os.environ), cwd=root))
     topology = Topology(settings, root, {}, {})
     for name, bypass in CONFIGS.items():
         port = _free_udp_port()
@@ -253,16 +253,6 @@ def _spawn(
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def _run_sh(action: str, env: dict[str, str]) -> None:
     done = subprocess.run(
         ["bash", str(KAMAILIO_DIR / "run.sh"), action], env=env, capture_output=True, text=True, timeout=60
@@ -272,17 +262,13 @@ def _run_sh(action: str, env: dict[str, str]) -> None:
 
 
 def _clean(settings: Settings) -> None:
-    """The prefix's topics gone (the worker's, the routes', the lists', the Kamailio clients' replies)."""
-    admin = AdminClient({"bootstrap.servers": settings.broker})
-    prefix = settings.topic_prefix
+    """The prefix's topics gone (the worker's, the routes', the lists', the replies) and its group."""
     try:
-        delete_topics(admin, [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)])
-        for future in admin.delete_consumer_groups([settings.worker_group], request_timeout=10).values():
-            future.exception()  # gone already, or never made: nothing to clean either way
+        delete_prefix(settings.broker, settings.topic_prefix, [settings.worker_group])
     except KafkaException as exc:
         # said, not raised: raising here would hide the failure that ended the run (often the same
         # broker gone)
-        print(f"bench sip: the topics of {prefix} were not deleted: {exc}", file=sys.stderr)
+        print(f"bench sip: the topics of {settings.topic_prefix} were not deleted: {exc}", file=sys.stderr)
 
 
 # ---- calls ----------------------------------------------------------------------------------------

@@ -67,7 +67,10 @@ def register(subparsers: Any) -> None:
     client.add_argument("--client-rate", type=int, default=500, help="requests per second of each round")
     client.add_argument("--client-seconds", type=float, default=5.0, help="length of each round")
     client.add_argument(
-        "--client-rounds", type=int, default=3, help="rounds of each series, raw and client in turn"
+        "--client-rounds",
+        type=int,
+        default=3,
+        help="rounds of each series, raw and client in turn (bench pipeline: run last; 0 skips them)",
     )
     rebalance = p.add_argument_group("rebalance")
     rebalance.add_argument(
