@@ -15,6 +15,7 @@ from pipeline.routes.assignment import assignment_json, build_assignment, check_
 from pipeline.routes.call import route_call
 from pipeline.routes.decision import RoutingDecision
 from pipeline.routes.table import RoutesTable
+from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.records import DEFAULT_ROUTE_TIMEOUT_MS, DEFAULT_TIMEOUT_ACTION, RouteOnError
 
@@ -82,10 +83,29 @@ def handle_set(args: argparse.Namespace, settings: Settings) -> int:
         on_error=args.on_error,
         vars=None if args.vars is None else load_vars_toml(args.vars),
     )
+    if assignment.script is not None:
+        _require_script(settings, assignment.account, assignment.script, assignment.version)
     with RoutesTable(settings) as table:
         table.publish(assignment)
     _print(assignment_json(assignment))
     return 0
+
+
+def _require_script(settings: Settings, account: str, script: str, version: int | None) -> None:
+    """A route naming a script that is not deployed would fail every call it gets (the worker answers
+    not_found, the route's on_error rule decides): refused when it is set, with what to do instead."""
+    with ScriptRegistry(settings) as registry:
+        registry.wait_caught_up()
+        if registry.lookup(account, script) is None:
+            raise UsageError(
+                f"no script {script!r} in account {account!r}: deploy it first "
+                f"(scriptforge deploy FILE --name {script} --account {account}), then set the route"
+            )
+        if version is not None and registry.lookup(account, script, version) is None:
+            latest = registry.latest_version(account, script)
+            raise UsageError(
+                f"script {script!r} of account {account!r} has no version {version} (1 to {latest})"
+            )
 
 
 def handle_get(args: argparse.Namespace, settings: Settings) -> int:

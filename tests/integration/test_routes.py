@@ -234,6 +234,15 @@ async def test_the_route_commands(settings: Settings, tmp_path: Path) -> None:
     )
 
     assert await asyncio.to_thread(_cli, settings, "get", "cli-co", "main", *where) == (0, shown, "")
+    # a route to a script that is not deployed would fail every call: refused, and nothing written
+    status, _, error = await asyncio.to_thread(
+        _cli, settings, "set", "cli-co", "x", "--script", "nope", *where
+    )
+    assert status == 2 and "no script 'nope' in account 'acme': deploy it first" in error
+    status, _, error = await asyncio.to_thread(
+        _cli, settings, "set", "cli-co", "x", "--script", "dnc", "--version", "99", *where
+    )
+    assert status == 2 and "script 'dnc' of account 'acme' has no version 99 (1 to 1)" in error
     status, listed, _ = await asyncio.to_thread(_cli, settings, "list", "cli-co", *where)
     assert (status, listed) == (0, {"account": ACCOUNT, "routes": [shown]})
 
