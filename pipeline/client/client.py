@@ -363,9 +363,12 @@ class InvocationClient:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), (timeout_ms + self.reply_grace_ms) / 1000)
         except TimeoutError:
-            self._given_up.add(request.call_id)
             return None
         finally:
+            if not fut.done():
+                # given up, by this wait or by the caller's (route_call cuts it at the route's
+                # timeout): a reply after this is counted `late`, not taken for another client's
+                self._given_up.add(request.call_id)
             self._pending.pop(request.call_id, None)
 
     def why_no_reply(self) -> str:

@@ -164,6 +164,7 @@ async def test_route_runs_the_routes_script_and_a_missing_reply_is_the_timeout_a
     routing = {"dest_number": "15550000000", "cli": "15557654321"}
     decision = await client.route(customer, "main", routing, account=ACCOUNT)
     assert (decision.action, decision.routing) == ("continue", {**routing, "via": "script"})
+    late_before = client.late
     timed_out = await client.route(customer, "late", routing, account=ACCOUNT)
     assert (timed_out.action, timed_out.code, timed_out.message, timed_out.timed_out) == (
         "reject",
@@ -171,6 +172,9 @@ async def test_route_runs_the_routes_script_and_a_missing_reply_is_the_timeout_a
         "Busy",
         True,
     )
+    # the worker stops the script at the request's deadline (the route's timeout) and answers after
+    # the wait was cut: that reply is counted late, not taken for another client's
+    await _until(lambda: client.late > late_before, "the reply after the route's timeout, counted late")
     # a route set after the client's first use is seen live (the table follows the topic)
     _route(settings, customer, "added", script=None)
     await _until(
