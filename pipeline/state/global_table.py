@@ -81,6 +81,8 @@ QUEUED_KBYTES = 8192
 
 META_CF = "meta"
 _TOPIC_ID = b"topic_id"
+#: the name of the topic the disk holds, to say why a topic id differs (absent on older disks)
+_TOPIC_NAME = b"topic_name"
 _SEEN_MS = b"seen_ms"
 _OFFSET = b"offset/"
 
@@ -302,6 +304,7 @@ class GlobalTable:
             log.warning("table of %s: reading it again from the beginning: %s", self.topic, reason)
             self._clear()
         self._meta.put(_TOPIC_ID, topic_id.encode())
+        self._meta.put(_TOPIC_NAME, self.topic.encode())
         self._assign(partitions)
         self._refresh_at = time.monotonic() + REFRESH_S
 
@@ -326,6 +329,12 @@ class GlobalTable:
         if stored_id is None:
             return ""
         if stored_id.decode() != topic_id:
+            stored_name = self._meta.get(_TOPIC_NAME)
+            if stored_name is not None and stored_name.decode() != self.topic:
+                return (
+                    f"this disk held the table of {stored_name.decode()!r} (a data directory used with "
+                    "another SCRIPTFORGE_TOPIC_PREFIX before)"
+                )
             return "the topic was deleted and created again since this disk was written"
         for p, offset in self._positions.items():
             if not low.get(p, 0) <= offset <= end.get(p, offset):

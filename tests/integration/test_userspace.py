@@ -8,6 +8,7 @@ unique to this module, whose topics are deleted at the end.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -214,6 +215,27 @@ def test_a_disk_of_a_deleted_topic_is_read_again(
     again.wait_caught_up(30)
     assert [k for k, _ in again.scan(b"k")] == []
     assert len(list(again.scan(b"n"))) == 20
+
+
+def test_a_disk_of_another_topic_is_cleared_and_says_which_it_held(
+    settings: Settings,
+    table_at: TableMaker,
+    topic_factory: TopicFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # one data directory used with another topic prefix: the same disk, another topic
+    before, after = topic_factory("ustable", config=COMPACTED), topic_factory("ustable", config=COMPACTED)
+    produce(settings.broker, before, [(b"k%d" % i, b"theirs") for i in range(10)])
+    produce(settings.broker, after, [(b"n%d" % i, b"ours") for i in range(3)])
+    first = table_at(before)
+    first.wait_caught_up(30)
+    table_at.close(first)
+    with caplog.at_level(logging.WARNING, logger="pipeline.state.global_table"):
+        again = table_at(after)
+        again.wait_caught_up(30)
+    assert [k for k, _ in again.scan(b"k")] == []  # nothing of the other topic's table is left
+    assert len(list(again.scan(b"n"))) == 3
+    assert f"this disk held the table of {before!r}" in caplog.text
 
 
 def test_a_disk_older_than_the_topics_delete_retention_is_read_again(
