@@ -2,7 +2,10 @@
 
 A store is restored when its partition is assigned, before any of the partition's requests runs, by
 reading the changelog partition read committed from the offset the store recorded (the whole log for a
-new owner, what was written since for a worker restarted with its disk) to its end. Read committed
+new owner, what was written since for a worker restarted with its disk) to its end. A store that
+reflects another changelog (the disk was used with another topic prefix, or the topic was deleted and
+created again: its id differs) or an offset outside the changelog's is emptied first and restored
+whole, with a warning that says why. Read committed
 stops at the last stable offset: a dead owner's transaction still open holds the restore until the
 broker aborts it (TRANSACTION_TIMEOUT_MS in pipeline/worker/transactions.py) or the owner's successor
 with its transactional id fences it, and so it must: until then nobody knows whether its writes count.
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError
 from pipeline.state.store import PartitionStore
@@ -112,6 +116,14 @@ def restore(
     )
     try:
         low, end = _watermarks(consumer, topic, partition, timeout)
+        changelog = _identity(broker, client, topic, timeout)
+        stale = _stale_reason(store, changelog, start, low, end)
+        if stale:
+            log.warning("datastore of %s[%d]: restoring it from the beginning: %s", topic, partition, stale)
+            store.reset(changelog)
+            start = None
+        elif store.changelog is None:
+            store.claim(changelog)
         first = low if start is None else max(start, low)
         records = 0
         if first < end:
@@ -122,6 +134,34 @@ def restore(
         return Restored(partition, records, time.monotonic() - began, start, end)
     finally:
         consumer.close()
+
+
+def _identity(broker: str, client: dict[str, Any], topic: str, timeout: float) -> str:
+    """``name#id`` of the changelog topic: a topic deleted and created again has a new id."""
+    admin = AdminClient({**client, "bootstrap.servers": broker})
+    try:
+        future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        description = future[topic].result(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"describing {topic}: {exc.args[0].str()}") from None
+    return f"{topic}#{description.topic_id}"
+
+
+def _stale_reason(store: PartitionStore, changelog: str, start: int | None, low: int, end: int) -> str:
+    """Why the store's content cannot be continued from the changelog ('' when it can): it reflects
+    another changelog, or an offset the changelog does not span (a disk older than the topic)."""
+    recorded = store.changelog
+    if recorded is not None and recorded != changelog:
+        name = recorded.rsplit("#", 1)[0]
+        topic = changelog.rsplit("#", 1)[0]
+        if name != topic:
+            return (
+                f"this disk held the datastore of {name!r} (a data directory used with another topic prefix)"
+            )
+        return "the changelog topic was deleted and created again since this disk was written"
+    if start is not None and not low <= start <= end:
+        return f"the disk is at offset {start}, the changelog spans offsets {low}-{end}"
+    return ""
 
 
 def _watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int, int]:

@@ -9,10 +9,11 @@ back on disk.
 Layers are kept per transaction number, oldest first; a read looks through them newest first, then in
 RocksDB. ``committed(n)`` writes every layer up to transaction ``n`` in one WriteBatch (atomic).
 
-The database also keeps, under a key no changelog record can have, the changelog offset it reflects:
+The database also keeps, under keys no changelog record can have, the changelog offset it reflects:
 restoring starts there (pipeline/state/changelog.py), so a worker restarted with its disk reads only what
 was written since. Re-applying a record already applied is harmless (records are whole values, not
-deltas), so that offset may lag; it never runs ahead.
+deltas), so that offset may lag; it never runs ahead. And which changelog it reflects (its topic's name
+and id): a disk of another changelog, or of one deleted and created again, is emptied before restoring.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 #: where the database keeps the changelog offset it reflects; changelog keys start with a letter
 OFFSET_KEY = b"\x00offset"
+#: where it keeps which changelog it reflects: the topic's name and id (a data directory can outlive
+#: its topic, or be used with another topic prefix)
+CHANGELOG_KEY = b"\x00changelog"
 #: RocksDB's memtable: a worker opens one database per partition it owns, so keep each small
 WRITE_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -75,6 +79,25 @@ class PartitionStore:
         """The changelog offset restoring starts from (None: never restored: from the beginning)."""
         raw = self._db.get(OFFSET_KEY)
         return None if raw is None else int(bytes(raw))
+
+    @property
+    def changelog(self) -> str | None:
+        """Which changelog the database reflects (``name#id``; None: not recorded, an older disk)."""
+        raw = self._db.get(CHANGELOG_KEY)
+        return None if raw is None else bytes(raw).decode()
+
+    def reset(self, changelog: str) -> None:
+        """Empties the database (another changelog's, or one it cannot trust) and records ``changelog``
+        as the one it will reflect: restoring then starts from the beginning."""
+        self._layers.clear()
+        self._db.close()
+        Rdict.destroy(str(self.path), _options())
+        self._db = Rdict(str(self.path), options=_options(), access_type=AccessType.read_write())
+        self.claim(changelog)
+
+    def claim(self, changelog: str) -> None:
+        """Records ``changelog`` as the one the database reflects."""
+        self._db.put(CHANGELOG_KEY, changelog.encode())
 
     # ---- uncommitted writes ------------------------------------------------------------------------
     def stage(self, txn: int, writes: Writes) -> None:
