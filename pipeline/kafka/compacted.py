@@ -67,6 +67,7 @@ class CompactedView(Generic[R]):
                 "group.id": f"scriptforge-{label}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 50,
+                "enable.partition.eof": True,
             }
         )
         # never polled: asks the end offset while the watch thread sits in poll() on the other
@@ -149,7 +150,12 @@ class CompactedView(Generic[R]):
                 continue
             error = msg.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    # the end, past what holds an offset but is no record (the marker that ends a
+                    # transaction): counting applied records alone, wait_caught_up would wait for an
+                    # offset no record has. In order with the records: all before it are applied
+                    self._position = max(self._position, msg.offset() or 0)
+                else:
                     time.sleep(self._poll_interval)  # transient (topic not yet there, leader moving)
                 continue
             offset = msg.offset() or 0
