@@ -87,6 +87,21 @@ class TopicFactory:
         self._wait_for_leaders(name, partitions)
         return name
 
+    def recreate(self, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+        """Delete ``name`` and create it again (a new topic id, empty)."""
+        self.admin.delete_topics([name])[name].result(timeout=30)
+        # deletion completes asynchronously on the broker: creating too soon says the topic exists
+        new = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
+        for _ in range(100):
+            try:
+                self.admin.create_topics([new])[name].result(timeout=30)
+                break
+            except KafkaException:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"could not create {name} again")
+        self._wait_for_leaders(name, partitions)
+
     def adopt(self, name: str) -> None:
         """Delete ``name`` at the end too (e.g. a topic a framework created for itself)."""
         self.created.append(name)

@@ -6,12 +6,10 @@ only what is new."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
 from pipeline.state.changelog import restore
 from pipeline.state.store import PartitionStore
@@ -60,7 +58,6 @@ def test_a_disk_of_another_changelog_is_emptied_and_restored_whole(
 def test_a_disk_of_a_changelog_deleted_and_created_again_is_emptied(
     kafka_bootstrap: str,
     topic_factory: TopicFactory,
-    kafka_admin: AdminClient,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -69,8 +66,7 @@ def test_a_disk_of_a_changelog_deleted_and_created_again_is_emptied(
     store = PartitionStore(tmp_path / "datastore-0", 0)
     try:
         assert _restore(kafka_bootstrap, topic, store) == 5
-        kafka_admin.delete_topics([topic])[topic].result(timeout=30)
-        _recreate(kafka_admin, topic)
+        topic_factory.recreate(topic, config=COMPACTED)
         # more records than before, so that the stored offset alone would not tell
         _produce(kafka_bootstrap, topic, {b"k-new-%d" % i: b"v" for i in range(8)})
         with caplog.at_level(logging.WARNING, logger=LOGGER):
@@ -95,14 +91,3 @@ def test_a_disk_of_the_same_changelog_reads_only_what_is_new(
         assert len(_keys(store)) == 7 and caplog.text == ""
     finally:
         store.close()
-
-
-def _recreate(admin: AdminClient, topic: str) -> None:
-    # deletion completes asynchronously on the broker: creating too soon says the topic exists
-    for _ in range(100):
-        try:
-            admin.create_topics([NewTopic(topic, 1, 1, config=COMPACTED)])[topic].result(timeout=30)
-            return
-        except KafkaException:
-            time.sleep(0.2)
-    raise AssertionError(f"could not create {topic} again")

@@ -3,7 +3,6 @@ with something that holds an offset but is no record."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from pipeline.routes.table import RoutesTable
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import RouteAssignment
+from tests.transactions import wait_for_markers
 
 pytestmark = pytest.mark.kafka
 
@@ -37,14 +37,12 @@ def test_a_topic_ending_with_a_transaction_marker_is_caught_up(
                 table.topic, key=written.key.encode(), value=codec(RouteAssignment).encode(written)
             )
             producer.commit_transaction(30)
-            # commit_transaction returns before the broker writes the marker, so the record is
-            # not readable (read committed) at once: once it is read, the topic ends with the marker
-            deadline = time.monotonic() + 30
-            while table.lookup("acme", "c", "transactional") != written:
-                assert time.monotonic() < deadline, "the transactional record was never read"
-                time.sleep(0.01)
+            # commit_transaction returns before the broker writes the marker: once it is written,
+            # the record is readable and the topic ends with the marker
+            wait_for_markers(settings.broker, table.topic)
             # caught up past the marker: counting applied records alone, this waited for an offset no
             # record has (and raised after its 10 s)
             table.wait_caught_up(10)
+            assert table.lookup("acme", "c", "transactional") == written
     finally:
         delete_prefix_topics(settings)

@@ -32,6 +32,7 @@ from pipeline.wire.records import InvocationRequest, RunLog
 from pipeline.wire.topics import Topics, create_topics, delete_topics
 from pipeline.worker.effects import run_log_record
 from sandbox.types import Outcome, Reason
+from tests.transactions import wait_for_markers
 
 pytestmark = pytest.mark.kafka
 
@@ -85,6 +86,7 @@ class Transactions:
     """A transactional producer, as the worker's: each batch committed or aborted as one."""
 
     def __init__(self, settings: Settings) -> None:
+        self.broker = settings.broker
         self.topic = Topics(settings).logs
         self.producer = Producer(
             {"bootstrap.servers": settings.broker, "transactional.id": f"test-logs-{uuid.uuid4().hex}"}
@@ -103,6 +105,7 @@ class Transactions:
     def commit(self, records: list[tuple[bytes, bytes]], *, partition: int | None = None) -> None:
         self.begin(records, partition=partition)
         self.producer.commit_transaction(WAIT)
+        wait_for_markers(self.broker, self.topic)  # readable read committed once its markers are written
 
     def abort(self, records: list[tuple[bytes, bytes]] | None = None) -> None:
         if records is not None:

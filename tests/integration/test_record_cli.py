@@ -27,6 +27,7 @@ from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import RecordedRun, script_key
 from pipeline.wire.topics import Topics, create_topics
+from tests.transactions import wait_for_markers
 
 pytestmark = pytest.mark.kafka
 
@@ -79,6 +80,7 @@ class Transactions:
     """A transactional producer, as the worker's: each batch committed or aborted as one."""
 
     def __init__(self, settings: Settings) -> None:
+        self.broker = settings.broker
         self.topic = Topics(settings).recordings
         self.producer = Producer(
             {"bootstrap.servers": settings.broker, "transactional.id": f"test-rec-{uuid.uuid4().hex}"}
@@ -94,6 +96,7 @@ class Transactions:
     def commit(self, records: list[Record], *, partition: int = 0) -> None:
         self._produce(records, partition)
         self.producer.commit_transaction(WAIT)
+        wait_for_markers(self.broker, self.topic)  # readable read committed once its markers are written
 
     def abort(self, records: list[Record], *, partition: int = 0) -> None:
         self._produce(records, partition)

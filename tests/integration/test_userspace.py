@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from pipeline.cli import main
 from pipeline.errors import BrokerError
@@ -24,6 +23,7 @@ from pipeline.settings import Settings
 from pipeline.state.global_table import GlobalTable
 from pipeline.wire.topics import delete_topics
 from tests.conftest import TopicFactory
+from tests.transactions import wait_for_markers
 
 pytestmark = pytest.mark.kafka
 
@@ -139,6 +139,7 @@ def test_only_committed_transactions_are_read(settings: Settings, topic: str, ta
     producer.begin_transaction()
     producer.produce(topic, key=b"committed", value=b"y")
     producer.commit_transaction(30)
+    wait_for_markers(settings.broker, topic)  # a commit is readable once its markers are written
     producer.begin_transaction()
     producer.produce(topic, key=b"open", value=b"z")
     producer.flush(30)
@@ -148,6 +149,7 @@ def test_only_committed_transactions_are_read(settings: Settings, topic: str, ta
     assert table.get(b"committed") == b"y"
     assert table.get(b"aborted") is None and table.get(b"open") is None
     producer.commit_transaction(30)
+    wait_for_markers(settings.broker, topic)
     table.wait_caught_up(30)
     assert table.get(b"open") == b"z" and table.get(b"aborted") is None
 
@@ -200,15 +202,14 @@ def test_partitions_added_to_the_topic_are_read(
 
 
 def test_a_disk_of_a_deleted_topic_is_read_again(
-    settings: Settings, table_at: TableMaker, topic_factory: TopicFactory, kafka_admin: AdminClient
+    settings: Settings, table_at: TableMaker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory("ustable", config=COMPACTED)
     produce(settings.broker, topic, [(b"k%d" % i, b"old") for i in range(10)])
     first = table_at(topic)
     first.wait_caught_up(30)
     table_at.close(first)
-    kafka_admin.delete_topics([topic])[topic].result(timeout=30)
-    _recreate(kafka_admin, topic)
+    topic_factory.recreate(topic, config=COMPACTED)
     # more records than before, so that the stored offset alone would not tell
     produce(settings.broker, topic, [(b"n%d" % i, b"new") for i in range(20)])
     again = table_at(topic)
@@ -250,17 +251,6 @@ def test_a_disk_older_than_the_topics_delete_retention_is_read_again(
     again = table_at(topic)
     again.wait_caught_up(30)
     assert again.stats().applied == 10
-
-
-def _recreate(admin: AdminClient, topic: str) -> None:
-    # deletion completes asynchronously on the broker: creating too soon says the topic exists
-    for _ in range(100):
-        try:
-            admin.create_topics([NewTopic(topic, 1, 1, config=COMPACTED)])[topic].result(timeout=30)
-            return
-        except KafkaException:
-            time.sleep(0.2)
-    raise AssertionError(f"could not create {topic} again")
 
 
 # ---- scriptforge userspace ------------------------------------------------------------------------
