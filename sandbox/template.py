@@ -73,6 +73,9 @@ class Template:
         self._statuses: dict[int, int] = {}
         self._status_waiters: dict[int, list[asyncio.Future[int]]] = {}
         self._starting: asyncio.Lock | None = None
+        self._closed = False
+        #: the replacement of a template that died, started at once (see _replace)
+        self._replacing: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -103,11 +106,9 @@ class Template:
 
     async def fork(self, timeout_s: float) -> Forked:
         """A new sandbox process, locked down and about to say ready on its channel."""
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
+        async with self._start_lock():
             if self._sock is None:
-                await self.start()  # it died: a new one (the old one's children keep serving)
+                await self.start()  # it died, and its replacement failed or is not done: a new one
         assert self._sock is not None
         fut: asyncio.Future[Forked] = asyncio.get_running_loop().create_future()
         self._forks.append(fut)
@@ -117,6 +118,21 @@ class Template:
             self._lost()
             raise TemplateError("the sandbox template process is gone") from None
         return await asyncio.wait_for(fut, timeout_s)
+
+    def _start_lock(self) -> asyncio.Lock:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        return self._starting
+
+    async def _replace(self) -> None:
+        """A template that died is replaced at once, not when the next process is needed: that start
+        (about 115 ms) would otherwise land on a call, whose sandbox process died too. The old
+        template's children keep serving meanwhile. A replacement that fails is tried again by the
+        next fork."""
+        async with self._start_lock():
+            if self._sock is None and not self._closed:
+                with contextlib.suppress(TemplateError):
+                    await self.start()
 
     async def exit_status(self, pid: int, timeout_s: float = 1.0) -> int | None:
         """The wait status of sandbox process ``pid`` once it has exited, or None if not known in time."""
@@ -145,7 +161,12 @@ class Template:
             except OSError:
                 msg, fds = b"", []
             if not msg:
+                # only a template that had started is replaced here: one dying at its start fails
+                # that start, whose caller decides (no loop of starts that keep failing)
+                started = _succeeded(self._ready)
                 self._lost()
+                if started and not self._closed:
+                    self._replacing = asyncio.get_running_loop().create_task(self._replace())
                 return
             self._dispatch(msg, fds)
 
@@ -193,10 +214,17 @@ class Template:
                 self._proc.kill()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._replacing is not None and not self._replacing.done():
+            await asyncio.gather(self._replacing, return_exceptions=True)
         proc = self._proc
         self._lost()
         if proc is not None:
             await asyncio.get_running_loop().run_in_executor(None, _wait, proc)
+
+
+def _succeeded(fut: asyncio.Future[None] | None) -> bool:
+    return fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> None:

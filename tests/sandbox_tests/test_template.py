@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import Invocation, SandboxPool, Script
+from sandbox import Invocation, LocalHost, SandboxPool, Script
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -75,23 +75,38 @@ async def test_a_process_killed_while_idle_is_replaced() -> None:
 
 
 async def test_the_template_can_die_and_the_pool_forks_from_a_new_one() -> None:
-    async with SandboxPool(processes=2) as pool:
+    from sbxvictim import Victim
+
+    host = LocalHost()
+    async with SandboxPool(host=host, processes=3) as pool:
+        # another account's script runs the whole time: its answers must not change
+        victim = Victim(pool, host)
+        await victim.calibrate()
+        victim.start()
         await _runs_ok(pool)
         template = pool._template._proc
         assert template is not None
         template.kill()
-        await _until(lambda: not pool._template.alive)
-        # the sandbox processes it forked keep serving
+        # replaced at once, before any process is needed: its start does not land on a call
+        await _until(
+            lambda: (
+                pool._template.alive
+                and pool._template._proc is not None
+                and pool._template._proc.pid != template.pid
+            )
+        )
+        # the sandbox processes the old one forked keep serving
         await _runs_ok(pool)
-        # and a process that must be replaced comes from a new template
-        killed = pool.processes()[0][0]
+        # and a process that must be replaced comes from the new template
+        killed = next(pid for pid, account in pool.processes() if account == SCRIPT.account)
         os.kill(killed, signal.SIGKILL)
         await _until(
-            lambda: killed not in {pid for pid, _ in pool.processes()} and pool.stats()["alive"] == 2,
+            lambda: killed not in {pid for pid, _ in pool.processes()} and pool.stats()["alive"] == 3,
             timeout_s=30.0,
         )
-        assert pool._template._proc is not None and pool._template._proc.pid != template.pid
         await _runs_ok(pool)
+        await victim.stop()
+        victim.check()
 
 
 async def test_closing_the_pool_leaves_no_process_behind() -> None:
