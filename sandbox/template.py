@@ -71,7 +71,9 @@ class Template:
         self._ready: asyncio.Future[None] | None = None
         self._forks: deque[asyncio.Future[Forked]] = deque()
         self._statuses: dict[int, int] = {}
-        self._status_waiters: dict[int, list[asyncio.Future[int]]] = {}
+        self._status_waiters: dict[int, list[asyncio.Future[int | None]]] = {}
+        #: the processes this template forked that have not exited: only their statuses can come
+        self._children: set[int] = set()
         self._starting: asyncio.Lock | None = None
         self._closed = False
         #: the replacement of a template that died, started at once (see _replace)
@@ -135,10 +137,16 @@ class Template:
                     await self.start()
 
     async def exit_status(self, pid: int, timeout_s: float = 1.0) -> int | None:
-        """The wait status of sandbox process ``pid`` once it has exited, or None if not known in time."""
+        """The wait status of sandbox process ``pid`` once it has exited, or None if not known in time.
+
+        None at once for a process the template running now did not fork (its parent died: the status
+        went to init), rather than after ``timeout_s``: the caller is a run whose process died, and
+        the wait would be on its call's path."""
         if pid in self._statuses:
             return self._statuses.pop(pid)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if pid not in self._children:
+            return None
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._status_waiters.setdefault(pid, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout_s)
@@ -178,6 +186,7 @@ class Template:
         elif kind == b"P":
             info = orjson.loads(msg[1:])
             forked = Forked(pid=int(info["pid"]), channel_fd=fds[0], pidfd=fds[1] if len(fds) > 1 else -1)
+            self._children.add(forked.pid)
             while self._forks:
                 fut = self._forks.popleft()
                 if not fut.done():
@@ -187,6 +196,7 @@ class Template:
         elif kind == b"X":
             info = orjson.loads(msg[1:])
             pid, status = int(info["pid"]), int(info["status"])
+            self._children.discard(pid)
             waiters = self._status_waiters.pop(pid, [])
             for waiter in waiters:
                 if not waiter.done():
@@ -203,6 +213,12 @@ class Template:
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
         error = TemplateError("the sandbox template process is gone")
+        # its children's statuses go to init now: nobody waits for them
+        self._children.clear()
+        for waiters in self._status_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
         while self._forks:

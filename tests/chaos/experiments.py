@@ -286,7 +286,7 @@ def _report_sandboxes(
         f.fault(f"sandbox processes not replaced: {short} (before: {counts_before})")
     orphaned = [w.name for w in alive if not template_pids(w.pid)]
     if orphaned:
-        f.fault(f"no sandbox template under {orphaned} at the end: the next lost process cannot be replaced")
+        f.fault(f"no sandbox template under {orphaned} at the end: a dead one is to be replaced at once")
 
 
 # ---- broker_restart --------------------------------------------------------------------------------

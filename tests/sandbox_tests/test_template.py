@@ -129,3 +129,34 @@ async def test_closing_the_pool_leaves_no_process_behind() -> None:
         return True
 
     await _until(gone)
+
+
+async def test_the_exit_status_of_a_process_whose_template_died_is_not_waited_for() -> None:
+    """Its status went to init with its parent: a run whose process died must not wait for it (the
+    wait was its call's, up to 1 s, when a template and its processes died together)."""
+    from sbxvictim import Victim
+
+    from sandbox.template import _discard
+
+    host = LocalHost()
+    async with SandboxPool(host=host, processes=2) as pool:
+        victim = Victim(pool, host)
+        await victim.calibrate()
+        victim.start()
+        template = pool._template
+        forked = await template.fork(10.0)
+        old = template._proc
+        assert old is not None
+        old.kill()
+        await _until(lambda: forked.pid not in template._children)
+        _discard(forked)  # the orphan dies now; no template will ever say how
+        # bounded far below its own timeout: the old code waited the whole 60 s
+        assert await asyncio.wait_for(template.exit_status(forked.pid, timeout_s=60.0), 10.0) is None
+        # a process the template running now forked still gets its status
+        await _until(lambda: template.alive)
+        mine = await template.fork(10.0)
+        _discard(mine)
+        assert await asyncio.wait_for(template.exit_status(mine.pid), 10.0) is not None
+        await _runs_ok(pool)
+        await victim.stop()
+        victim.check()
