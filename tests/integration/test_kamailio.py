@@ -1,23 +1,13 @@
 """Live SIP calls through Kamailio and ScriptForge: a sipp caller (UAC) calls through Kamailio
 (deploy/kamailio, started with run.sh), whose KEMI script asks ScriptForge for each INVITE's decision,
-and a sipp callee (UAS) is the next hop, logging what reached it.
-
-Needs ``kamailio`` (with app_python3) and ``sipp``: under CI=true a missing one fails these tests,
-elsewhere they are skipped (.ci/run installs them).
+and a sipp callee (UAS) is the next hop, logging what reached it (tests/integration/sipcalls.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,22 +16,26 @@ from pipeline.routes.assignment import build_assignment
 from pipeline.routes.table import RoutesTable
 from pipeline.settings import Settings
 from pipeline.worker.worker import Worker
-from tests.ci import unavailable
 from tests.integration.deployed import deploy_and_wait, read_cdrs
 from tests.integration.prefix import module_settings
+from tests.integration.sipcalls import (
+    SIPP_DIR,
+    WAIT_S,
+    Sip,
+    decided,
+    place_call,
+    reject_scenario,
+    running_kamailio,
+    uas_saw,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
-REPO = Path(__file__).resolve().parents[2]
-KAMAILIO_DIR = REPO / "deploy" / "kamailio"
-SIPP_DIR = KAMAILIO_DIR / "sipp"
 ACCOUNT = "acme"
 BLOCKED = "15551234567"
 OPEN = "15550000000"
 #: a number ported away: the script routes it to PORTED_TO
 PORTED, PORTED_TO = "15550000001", "15559990001"
-#: a safety net against a hang, never an assertion on how long anything takes
-WAIT_S = 60.0
 
 SCRIPTS = {
     # the DNC check of docs/routes.md, a CLI prefix, a header and number portability: the blocked
@@ -75,23 +69,6 @@ SPLITTING_CUSTOMER = "4420000006"
 #: Kamailio's worker processes in these tests (each blocks while ScriptForge decides)
 SIP_WORKERS = 2
 SLOW_TIMEOUT_MS = 300
-
-
-def _need(binary: str) -> str:
-    found = shutil.which(binary)
-    if found is None:
-        unavailable(
-            binary,
-            f"{binary} is not installed (apt-get install kamailio kamailio-python3-modules sip-tester)",
-        )
-    return found
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 settings = module_settings("kamailio")
@@ -129,163 +106,15 @@ def routes(settings: Settings, worker: Worker) -> None:
         )
 
 
-@dataclass
-class Sip:
-    """Where Kamailio listens, and the next hop's log of what reached it."""
-
-    port: int
-    uas_log: Path
-    run_dir: Path
-
-
 @pytest.fixture(scope="module")
 def sip(settings: Settings, routes: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sip]:
-    _need("kamailio")
-    sipp = _need("sipp")
-    run_dir = tmp_path_factory.mktemp("sip")
-    port, next_hop = _free_udp_port(), _free_udp_port()
-    uas_log = run_dir / "uas.log"
-    uas_command = [sipp, "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(next_hop)]
-    uas = subprocess.Popen(
-        [*uas_command, "-nostdin", "-trace_logs", "-log_file", str(uas_log)],
-        cwd=run_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        **os.environ,
-        "SCRIPTFORGE_BROKER": settings.broker,
-        "SCRIPTFORGE_TOPIC_PREFIX": settings.topic_prefix,
-        "SCRIPTFORGE_DATA_DIR": str(settings.data_dir),
-        "SCRIPTFORGE_SIP_PORT": str(port),
-        "SCRIPTFORGE_SIP_NEXT_HOP": f"127.0.0.1:{next_hop}",
-        "SCRIPTFORGE_SIP_ACCOUNT": ACCOUNT,
-        "SCRIPTFORGE_SIP_WORKERS": str(SIP_WORKERS),
-        "SCRIPTFORGE_SIP_RUN_DIR": str(run_dir / "kamailio"),
-    }
-    run_sh = ["bash", str(KAMAILIO_DIR / "run.sh")]
-    started = subprocess.run([*run_sh, "start"], env=env, capture_output=True, text=True, timeout=WAIT_S)
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield Sip(port, uas_log, run_dir)
-    finally:
-        subprocess.run([*run_sh, "stop"], env=env, capture_output=True, timeout=WAIT_S)
-        uas.terminate()
-        uas.wait(10)
-        log = run_dir / "kamailio" / "kamailio.log"
-        if log.exists():  # what Kamailio said, for a failing test's report
-            print(log.read_text()[-4000:])
-
-
-@dataclass
-class Call:
-    returncode: int
-    #: the first line of each SIP message the caller received, in order ("SIP/2.0 603 Denied (DNC)")
-    received: list[str]
-    #: seconds from the INVITE sent to the first final response received (None: none came)
-    to_final_s: float | None
-    call_id: str
-
-
-_TRACE_HEAD = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$")
-
-
-def _read_trace(path: Path) -> tuple[list[str], float | None]:
-    """sipp's -trace_msg file: received first lines, and the INVITE-to-final-response time."""
-    received: list[str] = []
-    sent_at = final_at = None
-    stamp, direction, first = 0.0, "", True
-    for line in path.read_text(errors="replace").splitlines():
-        head = _TRACE_HEAD.match(line)
-        if head:
-            stamp = time.mktime(time.strptime(head.group(1).split(".")[0], "%Y-%m-%d %H:%M:%S"))
-            stamp += float("0." + head.group(1).split(".")[1])
-            direction, first = "", True
-            continue
-        if not direction:
-            direction = "in" if "received" in line else "out" if "sent" in line else ""
-            continue
-        if first and line.strip():
-            first = False
-            if direction == "out" and line.startswith("INVITE") and sent_at is None:
-                sent_at = stamp
-            elif direction == "in":
-                received.append(line.strip())
-                code = line.split()[1] if line.startswith("SIP/2.0 ") else ""
-                if code.isdigit() and int(code) >= 200 and final_at is None:
-                    final_at = stamp
-    took = None if sent_at is None or final_at is None else final_at - sent_at
-    return received, took
-
-
-async def _call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Path, calls: int = 1) -> Call:
-    """sipp calls from ``cli`` to ``dest`` through Kamailio, run off the event loop (the worker serving
-    these calls runs on it): one, or ``calls`` placed together (the trace is then the first call's)."""
-    trace = tmp_path / f"uac-{uuid.uuid4().hex[:8]}.msg"
-    command = [
-        "sipp",
-        f"127.0.0.1:{sip.port}",
-        "-sf",
-        str(scenario),
-        "-s",
-        dest,
-        "-key",
-        "cli",
-        cli,
-        "-m",
-        str(calls),
-        # all at once: `calls` within 100 ms, all of them in progress together
-        "-r",
-        str(calls),
-        "-rp",
-        "100",
-        "-l",
-        str(calls),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(_free_udp_port()),
-        "-timeout",
-        "45",
-        "-nostdin",
-        "-trace_msg",
-        "-message_file",
-        str(trace),
-    ]
-    done = await asyncio.to_thread(
-        subprocess.run, command, cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_S
-    )
-    received, took = _read_trace(trace) if trace.exists() else ([], None)
-    call_id = ""
-    if trace.exists():
-        found = re.search(r"^Call-ID: (\S+)", trace.read_text(errors="replace"), re.M)
-        call_id = found.group(1) if found else ""
-    print(f"sipp {cli} -> {dest}: exit {done.returncode}, received {received}, final after {took} s")
-    return Call(done.returncode, received, took, call_id)
-
-
-async def _uas_saw(sip: Sip, call_id: str) -> str:
-    """The next hop's log line of ``call_id`` (sipp writes it when the INVITE arrives)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        if sip.uas_log.exists():
-            for line in sip.uas_log.read_text(errors="replace").splitlines():
-                if call_id and call_id in line:
-                    return line
-        assert time.monotonic() < deadline, f"the next hop never logged {call_id}"
-        await asyncio.sleep(0.05)
-
-
-def _reject_scenario(tmp_path: Path, code: int) -> Path:
-    # sipp takes a response code only as a literal: a copy of the 603 scenario expecting `code`
-    source = (SIPP_DIR / "uac_reject.xml").read_text()
-    path = tmp_path / f"uac_reject_{code}.xml"
-    path.write_text(source.replace('response="603"', f'response="{code}"'))
-    return path
+    env = {"SCRIPTFORGE_SIP_ACCOUNT": ACCOUNT, "SCRIPTFORGE_SIP_WORKERS": str(SIP_WORKERS)}
+    with running_kamailio(settings, tmp_path_factory.mktemp("sip"), env) as sip:
+        yield sip
 
 
 async def test_a_number_on_the_dnc_list_gets_603_at_the_caller(sip: Sip, tmp_path: Path) -> None:
-    call = await _call(sip, tmp_path, DNC_CUSTOMER, BLOCKED, SIPP_DIR / "uac_reject.xml")
+    call = await place_call(sip, tmp_path, DNC_CUSTOMER, BLOCKED, SIPP_DIR / "uac_reject.xml")
     assert call.returncode == 0
     assert "SIP/2.0 603 Denied (DNC)" in call.received
 
@@ -293,10 +122,10 @@ async def test_a_number_on_the_dnc_list_gets_603_at_the_caller(sip: Sip, tmp_pat
 async def test_another_number_is_answered_and_the_next_hop_sees_the_rewritten_cli(
     sip: Sip, tmp_path: Path
 ) -> None:
-    call = await _call(sip, tmp_path, DNC_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    call = await place_call(sip, tmp_path, DNC_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
     assert call.returncode == 0
     assert "SIP/2.0 200 OK" in call.received
-    seen = await _uas_saw(sip, call.call_id)
+    seen = await uas_saw(sip, call.call_id)
     assert f"ruri=sip:{OPEN}@" in seen
     assert f"<sip:+44{DNC_CUSTOMER}@" in seen  # the script's CLI, not the caller's own
     assert "x-screened= yes" in seen  # the script's header
@@ -305,21 +134,21 @@ async def test_another_number_is_answered_and_the_next_hop_sees_the_rewritten_cl
 async def test_a_ported_number_reaches_the_next_hop_as_the_number_the_script_gave(
     sip: Sip, tmp_path: Path
 ) -> None:
-    call = await _call(sip, tmp_path, DNC_CUSTOMER, PORTED, SIPP_DIR / "uac.xml")
+    call = await place_call(sip, tmp_path, DNC_CUSTOMER, PORTED, SIPP_DIR / "uac.xml")
     assert call.returncode == 0
-    seen = await _uas_saw(sip, call.call_id)
+    seen = await uas_saw(sip, call.call_id)
     assert f"ruri=sip:{PORTED_TO}@" in seen
 
 
 async def test_routing_that_would_break_the_sip_message_is_refused_and_the_call_not_relayed(
     sip: Sip, tmp_path: Path
 ) -> None:
-    call = await _call(sip, tmp_path, HOSTILE_CUSTOMER, OPEN, _reject_scenario(tmp_path, 500))
+    call = await place_call(sip, tmp_path, HOSTILE_CUSTOMER, OPEN, reject_scenario(tmp_path, 500))
     assert call.returncode == 0
     assert "SIP/2.0 500 ScriptForge Error (routing)" in call.received
-    await _decided(sip, call.call_id)
-    later = await _call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
-    await _uas_saw(sip, later.call_id)
+    await decided(sip, call.call_id)
+    later = await place_call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    await uas_saw(sip, later.call_id)
     assert call.call_id not in sip.uas_log.read_text(errors="replace")
     log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace")
     assert "routing not applied (header 'Via' may not be set)" in log
@@ -328,7 +157,7 @@ async def test_routing_that_would_break_the_sip_message_is_refused_and_the_call_
 async def test_a_rejection_message_cannot_add_a_header_to_the_callers_response(
     sip: Sip, tmp_path: Path
 ) -> None:
-    call = await _call(sip, tmp_path, SPLITTING_CUSTOMER, OPEN, _reject_scenario(tmp_path, 486))
+    call = await place_call(sip, tmp_path, SPLITTING_CUSTOMER, OPEN, reject_scenario(tmp_path, 486))
     assert call.returncode == 0
     assert "SIP/2.0 486 Busy  X-Evil: 1" in call.received  # one status line, CR LF made spaces
     trace = next(tmp_path.glob("uac-*.msg")).read_text(errors="replace")
@@ -341,7 +170,7 @@ async def test_an_answered_call_is_reported_as_a_cdr_when_it_ends(
     from pipeline.asr.cdr import Cdr
 
     dialled = f"1555{uuid.uuid4().int % 10**7:07d}"  # a number of its own: its CDRs are this call's
-    call = await _call(sip, tmp_path, DNC_CUSTOMER, dialled, SIPP_DIR / "uac.xml")
+    call = await place_call(sip, tmp_path, DNC_CUSTOMER, dialled, SIPP_DIR / "uac.xml")
     assert call.returncode == 0
     found = await asyncio.to_thread(read_cdrs, settings, dialled, wait_s=WAIT_S)
     assert len(found) == 1
@@ -355,7 +184,7 @@ async def test_an_answered_call_is_reported_as_a_cdr_when_it_ends(
 async def test_a_script_past_the_routes_timeout_gives_the_caller_the_timeout_action(
     sip: Sip, tmp_path: Path
 ) -> None:
-    call = await _call(sip, tmp_path, SLOW_CUSTOMER, OPEN, _reject_scenario(tmp_path, 503))
+    call = await place_call(sip, tmp_path, SLOW_CUSTOMER, OPEN, reject_scenario(tmp_path, 503))
     assert call.returncode == 0
     assert "SIP/2.0 503 ScriptForge Timeout" in call.received
     # printed, not asserted: the route's timeout is 300 ms; this is what the caller waited
@@ -363,41 +192,29 @@ async def test_a_script_past_the_routes_timeout_gives_the_caller_the_timeout_act
 
 
 async def test_a_route_without_a_script_passes_the_call_through(sip: Sip, tmp_path: Path) -> None:
-    call = await _call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    call = await place_call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
     assert call.returncode == 0
     assert "SIP/2.0 200 OK" in call.received
-    seen = await _uas_saw(sip, call.call_id)
+    seen = await uas_saw(sip, call.call_id)
     assert f"<sip:{PLAIN_CUSTOMER}@" in seen
 
 
 async def test_a_caller_who_cancels_while_scriptforge_decides_gets_487_and_the_call_is_not_relayed(
     sip: Sip, tmp_path: Path
 ) -> None:
-    cancelled = await _call(sip, tmp_path, CANCEL_CUSTOMER, OPEN, SIPP_DIR / "uac_cancel.xml")
+    cancelled = await place_call(sip, tmp_path, CANCEL_CUSTOMER, OPEN, SIPP_DIR / "uac_cancel.xml")
     assert cancelled.returncode == 0
     assert any(line.startswith("SIP/2.0 487 ") for line in cancelled.received)
     # the worker relays (or not) right after it logs the decision (at the route's timeout, 1.5 s);
     # the next hop logs INVITEs in the order they come: once a call made after that decision is
     # there, the cancelled one would have been too
-    await _decided(sip, cancelled.call_id)
-    later = await _call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
-    await _uas_saw(sip, later.call_id)
+    await decided(sip, cancelled.call_id)
+    later = await place_call(sip, tmp_path, PLAIN_CUSTOMER, OPEN, SIPP_DIR / "uac.xml")
+    await uas_saw(sip, later.call_id)
     assert cancelled.call_id not in sip.uas_log.read_text(errors="replace")
     # nor answered again (a relay refused on a cancelled transaction used to send a stateless 500)
     log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace").splitlines()
     assert not [line for line in log if cancelled.call_id in line and ("ERROR" in line or "WARNING" in line)]
-
-
-async def _decided(sip: Sip, call_id: str) -> str:
-    """Kamailio's log line of the decision on ``call_id`` (its log prefix names the call)."""
-    log = sip.run_dir / "kamailio" / "kamailio.log"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        for line in log.read_text(errors="replace").splitlines():
-            if call_id in line and "scriptforge: " in line:
-                return line
-        assert time.monotonic() < deadline, f"Kamailio never logged a decision on {call_id}"
-        await asyncio.sleep(0.05)
 
 
 async def test_more_calls_at_once_than_kamailio_has_workers_are_all_answered(
@@ -406,7 +223,7 @@ async def test_more_calls_at_once_than_kamailio_has_workers_are_all_answered(
     calls = SIP_WORKERS * 3
     # each worker holds a call for its ScriptForge decision (~0.2 s): the others wait their turn in
     # the socket's buffer, and the caller's INVITE retransmissions meet the transaction, not a new call
-    done = await _call(sip, tmp_path, STEADY_CUSTOMER, OPEN, SIPP_DIR / "uac.xml", calls=calls)
+    done = await place_call(sip, tmp_path, STEADY_CUSTOMER, OPEN, SIPP_DIR / "uac.xml", calls=calls)
     assert done.returncode == 0  # sipp: every call answered 200, none failed or timed out
     log = (sip.run_dir / "kamailio" / "kamailio.log").read_text(errors="replace")
     decided = [line for line in log.splitlines() if f"from {STEADY_CUSTOMER}: {{'action': 'continue'" in line]
