@@ -13,7 +13,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Self, TypeVar, Unpack
 
-from pipeline.client.client import CallOptions, InvocationClient
+from pipeline.client.client import CallOptions, CdrOptions, InvocationClient
 from pipeline.errors import BrokerError
 from pipeline.routes.decision import RoutingDecision
 from pipeline.routes.table import RoutesTable
@@ -81,32 +81,17 @@ class BlockingClient:
         return self._call(coro, START_TIMEOUT_S)
 
     def cdr(
-        self,
-        dest_number: str,
-        sip_code: int,
-        duration_s: float = 0.0,
-        *,
-        time_ms: int | None = None,
-        account: str = "",
-        cli: str | None = None,
+        self, dest_number: str, sip_code: int, duration_s: float = 0.0, **options: Unpack[CdrOptions]
     ) -> None:
         """``InvocationClient.cdr``: returns once the broker has the CDR."""
-        coro = self.client.cdr(dest_number, sip_code, duration_s, time_ms=time_ms, account=account, cli=cli)
-        self._call(coro, START_TIMEOUT_S)
+        self._call(self.client.cdr(dest_number, sip_code, duration_s, **options), START_TIMEOUT_S)
 
     def send_cdr(
-        self,
-        dest_number: str,
-        sip_code: int,
-        duration_s: float = 0.0,
-        *,
-        time_ms: int | None = None,
-        account: str = "",
-        cli: str | None = None,
+        self, dest_number: str, sip_code: int, duration_s: float = 0.0, **options: Unpack[CdrOptions]
     ) -> None:
         """``InvocationClient.send_cdr``: queued for the broker, not waited for (a failure is counted
         in ``client.cdrs_failed``). The producer is thread-safe: the loop is not involved."""
-        self.client.send_cdr(dest_number, sip_code, duration_s, time_ms=time_ms, account=account, cli=cli)
+        self.client.send_cdr(dest_number, sip_code, duration_s, **options)
 
     def route_table(self) -> RoutesTable:
         """``InvocationClient.route_table``: the routes topic read whole now (a routing engine's start),

@@ -92,6 +92,15 @@ class CallOptions(TypedDict, total=False):
     function: str | None
 
 
+class CdrOptions(TypedDict, total=False):
+    """What else a CDR may say (``cdr`` and ``send_cdr``): ``time_ms`` (default now), ``account``
+    (default ""), ``cli`` (default none)."""
+
+    time_ms: int | None
+    account: str
+    cli: str | None
+
+
 class InvocationClient:
     """``async with InvocationClient(bootstrap, settings) as client: await client.invoke(...)``.
 
@@ -494,50 +503,31 @@ class InvocationClient:
             return self._routes
 
     async def cdr(
-        self,
-        dest_number: str,
-        sip_code: int,
-        duration_s: float = 0.0,
-        *,
-        time_ms: int | None = None,
-        account: str = "",
-        cli: str | None = None,
+        self, dest_number: str, sip_code: int, duration_s: float = 0.0, **options: Unpack[CdrOptions]
     ) -> None:
         """Reports a finished call to the cdrs topic as ``scriptforge cdr load`` does (answered when
         the code is 2xx; ``time_ms`` default now); returns once the broker has it. A CDR that is not
         valid is a UsageError saying why; one the broker did not take, a BrokerError."""
-        record = self._cdr_record(dest_number, sip_code, duration_s, time_ms, account, cli)
+        record = self._cdr_record(dest_number, sip_code, duration_s, **options)
         assert self._loop is not None, "start() the client first"
         delivered: asyncio.Future[None] = self._loop.create_future()
         self._produce_cdr(record, lambda err, _msg: self._cdr_delivered(delivered, err))
         await delivered
 
     def send_cdr(
-        self,
-        dest_number: str,
-        sip_code: int,
-        duration_s: float = 0.0,
-        *,
-        time_ms: int | None = None,
-        account: str = "",
-        cli: str | None = None,
+        self, dest_number: str, sip_code: int, duration_s: float = 0.0, **options: Unpack[CdrOptions]
     ) -> None:
         """``cdr`` without waiting for the broker, from any thread: for a caller that must not wait at
         a call's end (a SIP proxy at BYE). An invalid CDR is still a UsageError at once; one the broker
         then refuses is counted in ``cdrs_failed`` and logged (at most one line per 10 s)."""
-        record = self._cdr_record(dest_number, sip_code, duration_s, time_ms, account, cli)
+        record = self._cdr_record(dest_number, sip_code, duration_s, **options)
         self._produce_cdr(record, self._cdr_sent)
 
     def _cdr_record(
-        self,
-        dest_number: str,
-        sip_code: int,
-        duration_s: float,
-        time_ms: int | None,
-        account: str,
-        cli: str | None,
+        self, dest_number: str, sip_code: int, duration_s: float, **options: Unpack[CdrOptions]
     ) -> Cdr:
         self._require([self.topics.cdrs])
+        time_ms = options.get("time_ms")
         try:
             record = Cdr(
                 time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
@@ -545,8 +535,8 @@ class InvocationClient:
                 sip_code=sip_code,
                 answered=is_answered(sip_code),
                 duration_s=duration_s,
-                account=account,
-                cli=cli or None,
+                account=options.get("account", ""),
+                cli=options.get("cli") or None,
             )
         except ValueError as exc:
             raise UsageError(f"CDR not sent: {exc}") from None
