@@ -91,6 +91,8 @@ ROUTE_TIMEOUT_MS = 5000
 READY_TIMEOUT_S = 120.0
 #: unmeasured calls per instance before the rounds (each Kamailio worker process warms up)
 WARM_UP_CALLS = 20
+#: how long a call may wait for its next message before sipp aborts it
+RECV_TIMEOUT_MS = 10_000
 
 
 @dataclasses.dataclass
@@ -312,6 +314,10 @@ def _sipp_round(topology: Topology, sipp: str, name: str, rate: float, calls: in
         f"{rate:g}",
         "-m",
         str(calls),
+        # a call that waits this long for its next message is aborted (lost, unless it had its final
+        # response): without it one lost message keeps sipp, and the round, waiting for ever
+        "-recv_timeout",
+        str(RECV_TIMEOUT_MS),
         "-nostdin",
         "-trace_msg",
         "-message_file",
@@ -319,9 +325,14 @@ def _sipp_round(topology: Topology, sipp: str, name: str, rate: float, calls: in
     ]
     # a safety net against a hang, not a measurement: the calls' span plus sipp's retransmissions
     limit = calls / rate + 120.0
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=limit, check=False)
+    try:
+        returncode = subprocess.run(
+            cmd, cwd=workdir, capture_output=True, timeout=limit, check=False
+        ).returncode
+    except subprocess.TimeoutExpired:  # killed: its calls without a final response count as lost
+        returncode = -1
     timings = read_trace(trace.read_text(errors="replace")) if trace.exists() else {}
-    return Round(name, timings, done.returncode)
+    return Round(name, timings, returncode)
 
 
 #: a message's head line; sipp also writes one without a stamp before a message no call expected (its
