@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.cli.args import positive
 from pipeline.errors import BrokerError, CodecError
-from pipeline.kafka.connection import client_config
+from pipeline.kafka.connection import client_config, retried
 from pipeline.kafka.reading import BATCH, POLL_SECONDS, batches_until_read, topic_partitions
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec, where
@@ -240,21 +240,18 @@ class RunLogReader:
         return topic_partitions(self._admin, self.topic, self.settings.broker, BROKER_TIMEOUT)
 
     def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:
-        # a topic created a moment ago may answer NOT_LEADER for a while even once it has a leader
-        deadline = time.monotonic() + BROKER_TIMEOUT
-        while True:
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=BROKER_TIMEOUT
-                )
-                return int(low), int(high)
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"Kafka at {self.settings.broker}: cannot read the offsets of {self.topic} "
-                        f"partition {partition}: {exc.args[0].str()}"
-                    ) from None
-                time.sleep(0.1)
+        tp = TopicPartition(self.topic, partition)
+        try:
+            low, high = retried(
+                lambda: consumer.get_watermark_offsets(tp, timeout=BROKER_TIMEOUT),
+                time.monotonic() + BROKER_TIMEOUT,
+            )
+        except KafkaException as exc:
+            raise BrokerError(
+                f"Kafka at {self.settings.broker}: cannot read the offsets of {self.topic} "
+                f"partition {partition}: {exc.args[0].str()}"
+            ) from None
+        return int(low), int(high)
 
 
 # ---- output -------------------------------------------------------------------------------------------

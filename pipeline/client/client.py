@@ -47,7 +47,7 @@ from pipeline.errors import (
     TopicsMissingError,
     UsageError,
 )
-from pipeline.kafka.connection import client_config
+from pipeline.kafka.connection import client_config, retried
 from pipeline.kafka.partitioner import default_partition
 from pipeline.kafka.producers import SplitProducer
 from pipeline.observability.alarms import Alarm, Summary
@@ -247,20 +247,19 @@ class InvocationClient:
 
     def _end_offset(self) -> int:
         partition = TopicPartition(self.reply_topic, self.reply_partition)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                _, high = self._consumer.get_watermark_offsets(partition, timeout=2.0)
-                return int(high)
-            except KafkaException as exc:
-                # a topic a worker has just created answers "not leader" for a moment, even once
-                # its metadata shows a leader: asked again until the start's bound
-                if time.monotonic() > deadline:
-                    raise BrokerUnreachableError(
-                        f"Kafka at {self.bootstrap} did not give the end of {self.reply_topic} "
-                        f"[{self.reply_partition}] within {START_TIMEOUT_S:.0f} s ({exc.args[0].str()})"
-                    ) from None
-                time.sleep(0.1)
+        try:
+            # a topic a worker has just created answers "not leader" for a moment: asked again
+            # until the start's bound
+            _, high = retried(
+                lambda: self._consumer.get_watermark_offsets(partition, timeout=2.0),
+                time.monotonic() + START_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            raise BrokerUnreachableError(
+                f"Kafka at {self.bootstrap} did not give the end of {self.reply_topic} "
+                f"[{self.reply_partition}] within {START_TIMEOUT_S:.0f} s ({exc.args[0].str()})"
+            ) from None
+        return int(high)
 
     # ---- requests ----------------------------------------------------------------------------------
     def submit(

@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, CodecError
-from pipeline.kafka.connection import client_config
+from pipeline.kafka.connection import client_config, retried
 from pipeline.observability.alarms import Alarm
 from pipeline.settings import Settings
 from pipeline.wire.codec import AvroRecord, Codec, where
@@ -112,17 +112,12 @@ class CompactedView(Generic[R]):
             time.sleep(0.01)
 
     def _high_watermark(self, deadline: float) -> int:
-        # a just-created topic answers NOT_LEADER for a moment even after metadata shows a leader
-        while True:
-            try:
-                _, high = self._meta.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=2.0)
-                return int(high)
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"{self.label} {self.topic}: cannot read its end offset: {exc}"
-                    ) from None
-                time.sleep(0.1)
+        tp = TopicPartition(self.topic, 0)
+        try:
+            _, high = retried(lambda: self._meta.get_watermark_offsets(tp, timeout=2.0), deadline)
+        except KafkaException as exc:
+            raise BrokerError(f"{self.label} {self.topic}: cannot read its end offset: {exc}") from None
+        return int(high)
 
     # ---- write side ------------------------------------------------------------------------------
     def _produce(self, key: str, value: bytes | None) -> None:

@@ -1,5 +1,6 @@
-"""What every Kafka client of a worker shares: how soon it reconnects, how its log is summarised, and
-how a consumer's fetchers are woken after a pause.
+"""What every Kafka client of a worker shares: how soon it reconnects, how its log is summarised, how
+a consumer's fetchers are woken after a pause, and how a call the broker refuses for a moment is asked
+again (:func:`retried`).
 
 librdkafka backs off between reconnection attempts exponentially up to ``reconnect.backoff.max.ms``,
 10 s by default: after a broker restart the worker's clients came back up to 10 s after the broker
@@ -21,7 +22,9 @@ to 1 s, its longest block, and resuming the partitions does not wake it: :func:`
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
@@ -33,6 +36,11 @@ RECONNECT_MAX_MS = 500
 RECONNECT_MS = 50
 #: longest wait for the request that wakes a consumer's fetchers
 WAKE_TIMEOUT = 1.0
+
+T = TypeVar("T")
+
+#: the wait between two attempts of a call the broker refused (``retried``)
+RETRY_WAIT_S = 0.1
 
 _kafka_log = logging.getLogger("pipeline.kafka")
 _kafka_log.addFilter(SummaryFilter())
@@ -70,3 +78,17 @@ def wake_fetchers(consumer: Consumer) -> None:
         consumer.offsets_for_times(latest, timeout=WAKE_TIMEOUT)
     except KafkaException as exc:
         _kafka_log.debug("waking the fetchers failed: %s", exc)
+
+
+def retried(call: Callable[[], T], deadline: float) -> T:
+    """``call()``, asked again every RETRY_WAIT_S while the broker answers with an error, until the
+    monotonic ``deadline``; after it, the last KafkaException is raised for the caller to translate. A
+    topic created a moment ago answers "not leader" for a while, even once its metadata shows a leader,
+    and a rebalance is when leaders move."""
+    while True:
+        try:
+            return call()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(RETRY_WAIT_S)

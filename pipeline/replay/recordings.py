@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError, CodecError, ScriptForgeError
-from pipeline.kafka.connection import client_config
+from pipeline.kafka.connection import client_config, retried
 from pipeline.kafka.reading import batches_until_read, topic_partitions
 from pipeline.replay.archive import write_archive
 from pipeline.scripts.registry import ScriptRegistry
@@ -234,18 +234,13 @@ class RecordingsReader:
         return int(high)
 
     def _retrying(self, ask: Callable[[], Any], what: str) -> Any:
-        # a topic created a moment ago may answer NOT_LEADER for a while even once it has a leader
-        deadline = time.monotonic() + BROKER_TIMEOUT
-        while True:
-            try:
-                return ask()
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"Kafka at {self.settings.broker}: cannot read the offsets ({what}) of {self.topic}: "
-                        f"{exc.args[0].str()}"
-                    ) from None
-                time.sleep(0.1)
+        try:
+            return retried(ask, time.monotonic() + BROKER_TIMEOUT)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"Kafka at {self.settings.broker}: cannot read the offsets ({what}) of {self.topic}: "
+                f"{exc.args[0].str()}"
+            ) from None
 
 
 # ---- scriptforge record -----------------------------------------------------------------------------------

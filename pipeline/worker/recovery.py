@@ -42,21 +42,20 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from pipeline.errors import BrokerError
-from pipeline.kafka.connection import client_config
+from pipeline.kafka.connection import client_config, retried
 from pipeline.settings import Settings
 from pipeline.wire.topics import Topics
 from pipeline.worker.lanes import TP
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: librdkafka returns this for "no committed offset" (the consumer then starts at the low watermark,
 #: since the worker's auto_offset_reset is earliest)
@@ -246,7 +245,7 @@ class RecoveryLog:
         with self._lock:
             tp = TopicPartition(self.topic, 0)
             deadline = time.monotonic() + timeout
-            _, high = _retrying(lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout), deadline)
+            _, high = retried(lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout), deadline)
             while self._position < high:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"{self.topic} not read to offset {high} in {timeout:.0f} s")
@@ -277,11 +276,11 @@ class RecoveryLog:
         deadline = time.monotonic() + IO_TIMEOUT
         consumer = self._consumer
         with self._lock:
-            committed = _retrying(lambda: consumer.committed(wanted, timeout=IO_TIMEOUT), deadline)
+            committed = retried(lambda: consumer.committed(wanted, timeout=IO_TIMEOUT), deadline)
             out: dict[int, tuple[int, int]] = {}
             for tp in committed:
                 where = TopicPartition(topic, tp.partition)
-                low, high = _retrying(
+                low, high = retried(
                     functools.partial(consumer.get_watermark_offsets, where, timeout=IO_TIMEOUT), deadline
                 )
                 start = tp.offset if tp.offset >= 0 else low
@@ -305,18 +304,6 @@ class RecoveryLog:
         with contextlib.suppress(Exception):
             self._consumer.close()
         self._producer.flush(1.0)
-
-
-def _retrying(call: Callable[[], T], deadline: float) -> T:
-    """``call()``, retried until ``deadline`` while the broker answers with an error: a topic just
-    created answers "not leader" for a moment, and a rebalance is when leaders move."""
-    while True:
-        try:
-            return call()
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 @dataclass
