@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import json
 import subprocess
 import sys
@@ -44,16 +43,20 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPar
 from confluent_kafka.admin import AdminClient
 
 from pipeline.bench.figures import percentile
-from pipeline.bench.harness import delete_prefix, ensure_prefix_topics, stop_process
+from pipeline.bench.harness import (
+    collections_paused,
+    delete_prefix,
+    ensure_prefix_topics,
+    require_broker,
+    stop_process,
+)
 from pipeline.bench.pipeline import ECHO_PRODUCER, ROUTING_VARS
-from pipeline.broker.local import probe_kafka, split_host_port
 from pipeline.client.client import (
     HEADER_CALL_ID,
     HEADER_REPLY_PARTITION,
     HEADER_REPLY_TOPIC,
     InvocationClient,
 )
-from pipeline.errors import BrokerError
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
 from pipeline.wire.records import InvocationReply, InvocationRequest
@@ -438,21 +441,9 @@ def options(args: argparse.Namespace) -> Options:
 
 def run_client_bench(args: argparse.Namespace, settings: Settings) -> int:
     """``scriptforge bench client``: the JSON report on stdout; 1 when any request got no reply."""
-    host, port = split_host_port(settings.broker)
-    if probe_kafka(host, port) != "kafka":
-        raise BrokerError(
-            f"no Kafka broker serves at {settings.broker} (start one: scriptforge broker start)"
-        )
-    # no collections while measuring: a full one stalls the reply threads for milliseconds, which would
-    # land on whichever series happened to run
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
+    require_broker(settings.broker)
+    with collections_paused():
         report = asyncio.run(bench(settings, options(args)))
-    finally:
-        gc.enable()
-        gc.unfreeze()
     print(format_report(report), file=sys.stderr)
     print(json.dumps(report), flush=True)
     return 1 if report["lost"] else 0

@@ -81,7 +81,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import json
 import os
 import signal
@@ -100,15 +99,20 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from pipeline.bench.cpu import CpuMeter, descendants_cpu_s, pids_with, process_cpu_s, summed
 from pipeline.bench.figures import percentile
-from pipeline.bench.harness import delete_prefix, ensure_prefix_topics, stop_process
-from pipeline.broker.local import probe_kafka, split_host_port
+from pipeline.bench.harness import (
+    collections_paused,
+    delete_prefix,
+    ensure_prefix_topics,
+    require_broker,
+    stop_process,
+)
 from pipeline.client.client import (
     HEADER_CALL_ID,
     HEADER_REPLY_PARTITION,
     HEADER_REPLY_TOPIC,
     InvocationClient,
 )
-from pipeline.errors import BrokerError, CodecError, UsageError
+from pipeline.errors import CodecError, UsageError
 from pipeline.scripts.registry import ScriptRegistry
 from pipeline.settings import Settings
 from pipeline.wire.codec import codec
@@ -1258,23 +1262,10 @@ def run_pipeline_bench(args: argparse.Namespace, settings: Settings) -> int:
     """``scriptforge bench pipeline``: print the JSON report; 1 when any request got no reply or any
     worker did not record what its rate says."""
     opts = options(args)
-    host, port = split_host_port(settings.broker)
-    if probe_kafka(host, port) != "kafka":
-        raise BrokerError(
-            f"no Kafka broker serves at {settings.broker} (start one: scriptforge broker start)"
-        )
-    # no collections in the load generator while it measures: a full collection walks every phase's
-    # bookkeeping (hundreds of thousands of objects) and stalled the reply thread for tens of ms,
-    # which showed as bursts in either system's p99 (echo max 124-162 ms with it, 15 ms without)
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
+    require_broker(settings.broker)
+    with collections_paused():
         report = asyncio.run(_bench(opts, settings))
         report["client"] = _client_series(args, settings)
-    finally:
-        gc.enable()
-        gc.unfreeze()
     print(format_report(report), file=sys.stderr)
     print(json.dumps(report), flush=True)
     client_lost = report["client"]["lost"] if report["client"] else 0
