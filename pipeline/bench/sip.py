@@ -344,8 +344,8 @@ def read_trace(text: str) -> dict[str, CallTiming]:
     """Each call of a sipp ``-trace_msg`` log, by Call-ID: its first INVITE sent, its first response
     other than 100, its first final response to the INVITE."""
     calls: dict[str, CallTiming] = {}
-    for stamp, sent, message in _messages(text):
-        call_id, cseq = _header(message, "Call-ID"), _header(message, "CSeq")
+    for stamp, sent, message in trace_messages(text):
+        call_id, cseq = header(message, "Call-ID"), header(message, "CSeq")
         if not call_id or not cseq.endswith("INVITE"):
             continue
         start = message[0]
@@ -365,8 +365,9 @@ def read_trace(text: str) -> dict[str, CallTiming]:
     return calls
 
 
-def _messages(text: str) -> Iterator[tuple[float, bool, list[str]]]:
-    """(stamp, sent, lines from the start line on) of each message of a -trace_msg log."""
+def trace_messages(text: str) -> Iterator[tuple[float, bool, list[str]]]:
+    """(stamp, sent, lines from the start line on) of each message of a -trace_msg log (the tests'
+    sipp calls read theirs with it too)."""
     stamp: float | None = None
     lines: list[str] = []
     for line in [*text.splitlines(), "-" * 10]:  # a last head line ends the last message
@@ -385,7 +386,8 @@ def _messages(text: str) -> Iterator[tuple[float, bool, list[str]]]:
         lines = []
 
 
-def _header(message: list[str], name: str) -> str:
+def header(message: list[str], name: str) -> str:
+    """The value of the header ``name`` of one message of ``trace_messages`` ('' when absent)."""
     prefix = name.lower() + ":"
     for line in message[1:]:
         if line.lower().startswith(prefix):

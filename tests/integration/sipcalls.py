@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.bench.sip import header, trace_messages
 from pipeline.settings import Settings
 from tests.ci import unavailable
 
@@ -106,35 +106,25 @@ class Call:
     call_id: str
 
 
-TRACE_HEAD = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$")
-
-
-def read_trace(path: Path) -> tuple[list[str], float | None]:
-    """sipp's -trace_msg file: received first lines, and the INVITE-to-final-response time."""
+def read_trace(path: Path) -> tuple[list[str], float | None, str]:
+    """sipp's -trace_msg file: the start lines the caller received, in order; the time from its first
+    INVITE sent to its first final response received; the first message's Call-ID."""
     received: list[str] = []
     sent_at = final_at = None
-    stamp, direction, first = 0.0, "", True
-    for line in path.read_text(errors="replace").splitlines():
-        head = TRACE_HEAD.match(line)
-        if head:
-            stamp = time.mktime(time.strptime(head.group(1).split(".")[0], "%Y-%m-%d %H:%M:%S"))
-            stamp += float("0." + head.group(1).split(".")[1])
-            direction, first = "", True
-            continue
-        if not direction:
-            direction = "in" if "received" in line else "out" if "sent" in line else ""
-            continue
-        if first and line.strip():
-            first = False
-            if direction == "out" and line.startswith("INVITE") and sent_at is None:
+    call_id = ""
+    for stamp, sent, message in trace_messages(path.read_text(errors="replace")):
+        call_id = call_id or header(message, "Call-ID")
+        start = message[0]
+        if sent:
+            if start.startswith("INVITE") and sent_at is None:
                 sent_at = stamp
-            elif direction == "in":
-                received.append(line.strip())
-                code = line.split()[1] if line.startswith("SIP/2.0 ") else ""
-                if code.isdigit() and int(code) >= 200 and final_at is None:
-                    final_at = stamp
+            continue
+        received.append(start)
+        code = start.split()[1] if start.startswith("SIP/2.0 ") else ""
+        if code.isdigit() and int(code) >= 200 and final_at is None:
+            final_at = stamp
     took = None if sent_at is None or final_at is None else final_at - sent_at
-    return received, took
+    return received, took, call_id
 
 
 async def place_call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Path, calls: int = 1) -> Call:
@@ -174,11 +164,7 @@ async def place_call(sip: Sip, tmp_path: Path, cli: str, dest: str, scenario: Pa
     done = await asyncio.to_thread(
         subprocess.run, command, cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_S
     )
-    received, took = read_trace(trace) if trace.exists() else ([], None)
-    call_id = ""
-    if trace.exists():
-        found = re.search(r"^Call-ID: (\S+)", trace.read_text(errors="replace"), re.M)
-        call_id = found.group(1) if found else ""
+    received, took, call_id = read_trace(trace) if trace.exists() else ([], None, "")
     print(f"sipp {cli} -> {dest}: exit {done.returncode}, received {received}, final after {took} s")
     return Call(done.returncode, received, took, call_id)
 
